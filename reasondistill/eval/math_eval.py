@@ -1,0 +1,116 @@
+"""Math evaluation: accuracy of the boxed answer, and divergence from a teacher.
+
+- Greedy decoding gives pass@1; ``samples=k`` draws k answers per question at ``temperature``
+  and reports avg@k (mean accuracy over all answers) and pass@k (any answer correct).
+- With a teacher, every answer gets the mean per-token KL(student || teacher) over the
+  student's *own* generated tokens (full shared vocabulary, temperature 1), and the summary
+  reports its mean, standard deviation and the constraint-satisfaction rate: the share of
+  answers whose mean per-token KL is at most ``kl_budget`` (constrained_mdp_distillation.md §4.1,
+  where d = 0.35).
+
+``evaluate`` is what the CLI, the demo and the comparison reports call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .. import losses
+from ..models import render_prompt
+from ..rewards import extract_answer, is_correct
+from ..rollout import forward_logits, generate
+
+
+def _kl_per_row(model, teacher, roll, shared_vocab: int | None) -> torch.Tensor:
+    dev_s = next(model.parameters()).device
+    dev_t = next(teacher.parameters()).device
+    with torch.no_grad():
+        s = forward_logits(model, roll.to(dev_s))
+        t = forward_logits(teacher, roll.to(dev_t)).to(dev_s)
+        if shared_vocab is None:
+            shared_vocab = min(s.shape[-1], t.shape[-1])
+        kl = losses.reverse_kl(s[..., :shared_vocab].float(), t[..., :shared_vocab].float())  # (N, C)
+        mask = roll.completion_mask.to(dev_s).float()
+        return (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, teacher=None,
+             kl_budget: float | None = 0.35, shared_vocab: int | None = None, seed: int = 0,
+             system: str | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+    """Evaluate ``model`` on ``records`` (dicts with id, question, answer); returns (rows, summary)."""
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    do_sample = samples > 1 or temperature > 0
+    if samples > 1 and temperature <= 0:
+        temperature = 1.0
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict] = []
+    t0 = time.time()
+    batches = range(0, len(records), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="eval", unit="batch")
+    for start in batches:
+        chunk = records[start: start + batch_size]
+        prompts = [render_prompt(tokenizer, r["question"], system=system) for r in chunk]
+        roll = generate(model, tokenizer, prompts, num_generations=samples, max_new_tokens=max_new_tokens,
+                        temperature=temperature if do_sample else 1.0, top_p=top_p, do_sample=do_sample,
+                        generator=gen)
+        texts = roll.texts(tokenizer)
+        kls = _kl_per_row(model, teacher, roll, shared_vocab).tolist() if teacher is not None else None
+        lengths = roll.completion_mask.sum(1).tolist()
+        for j, text in enumerate(texts):
+            rec = chunk[roll.group_index[j].item()]
+            row = {"id": rec.get("id"), "sample": j % samples, "question": rec["question"], "gold": rec["answer"],
+                   "output": text, "extracted": extract_answer(text), "correct": bool(is_correct(text, rec["answer"])),
+                   "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
+            if kls is not None:
+                row["kl"] = kls[j]
+            rows.append(row)
+    return rows, summarize(rows, samples, kl_budget, wall=time.time() - t0)
+
+
+def summarize(rows: list[dict], samples: int = 1, kl_budget: float | None = 0.35, wall: float | None = None) -> dict:
+    n_q = len({r["id"] for r in rows}) if rows else 0
+    acc = sum(r["correct"] for r in rows) / max(1, len(rows))
+    out = {"num_questions": n_q, "samples": samples, "accuracy": acc,
+           "mean_tokens": sum(r["num_tokens"] for r in rows) / max(1, len(rows)),
+           "truncated_share": sum(r["truncated"] for r in rows) / max(1, len(rows))}
+    if samples > 1:
+        by_q: dict = {}
+        for r in rows:
+            by_q.setdefault(r["id"], []).append(r["correct"])
+        out["avg@k"] = acc
+        out["pass@k"] = sum(any(v) for v in by_q.values()) / max(1, len(by_q))
+    else:
+        out["pass@1"] = acc
+    kls = [r["kl"] for r in rows if "kl" in r]
+    if kls:
+        mean = sum(kls) / len(kls)
+        out["kl_mean"] = mean
+        out["kl_std"] = math.sqrt(sum((k - mean) ** 2 for k in kls) / max(1, len(kls) - 1)) if len(kls) > 1 else 0.0
+        if kl_budget is not None:
+            out["kl_budget"] = kl_budget
+            out["constraint_satisfaction"] = sum(k <= kl_budget for k in kls) / len(kls)
+    if wall is not None:
+        out["wall_seconds"] = wall
+    return out
+
+
+def write_results(out_dir: str | Path, rows: list[dict], summary: dict, prefix: str = "eval") -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per = out / f"{prefix}_examples.jsonl"
+    with per.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    summ = out / f"{prefix}_summary.json"
+    summ.write_text(json.dumps(summary, indent=2) + "\n")
+    return per, summ

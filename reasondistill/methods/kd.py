@@ -1,0 +1,55 @@
+"""KD: token-level forward KL(teacher || student) on a fixed dataset, teacher logits on the fly.
+
+The classic word-level knowledge distillation (Hinton et al. 2015; Kim & Rush 2016) that the
+VCRD and TGPO papers list as the "KD" baseline: completions come from the dataset (ground
+truth or teacher traces), the teacher scores every completion position under ``no_grad``,
+and the student minimises KL(p_teacher || p_student) at temperature ``temperature`` (both
+distributions use it), over the shared vocabulary only. Normalised by the completion tokens of
+the whole optimizer step. ``sft_weight`` optionally adds the cross-entropy on the data.
+
+    reasondistill train kd teacher=embedded:teacher temperature=1.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import losses
+from ..config import TrainConfig
+from . import sft
+
+NEEDS_TEACHER = True
+
+
+@dataclass
+class Config(TrainConfig):
+    temperature: float = 1.0
+    """Softmax temperature applied to student and teacher logits inside the KL."""
+    sft_weight: float = 0.0
+    """Weight of the extra cross-entropy term on the dataset completion (0: pure KD)."""
+    completion_field: str = "solution"
+    """Record field used as the completion."""
+
+    def validate(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+prepare = sft.prepare
+
+
+def loss(ctx, micro: dict, totals: dict):
+    batch = micro["batch"].to(ctx.device)
+    t_logits = ctx.teacher_logits(batch)  # (B, C, V) no grad
+    s_logits = ctx.student_logits(batch)  # (B, C, V)
+    mask = batch.completion_mask.to(s_logits.dtype)
+    kl = losses.forward_kl(s_logits, t_logits, temperature=ctx.cfg.temperature)  # (B, C)
+    total = (kl * mask).sum() / totals["tokens"]
+    metrics = {"kd/forward_kl": ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()}
+    if ctx.cfg.sft_weight:
+        nll = -(losses.sampled_token_logprobs(s_logits, batch.completion_ids) * mask).sum() / totals["tokens"]
+        total = total + ctx.cfg.sft_weight * nll
+        metrics["kd/nll"] = nll.item()
+    return total, metrics

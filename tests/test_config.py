@@ -1,0 +1,41 @@
+import pytest
+
+from reasondistill.config import ConfigError, TrainConfig, build_config, describe, field_doc
+from reasondistill.methods import get_method
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 0.01\nmax_steps: 7\nbeta: 0.3\n")
+    cfg = build_config(get_method("gkd").Config, y, ["max_steps=9", "seq_kd=true", "teacher=none"])
+    assert cfg.learning_rate == 0.01 and cfg.max_steps == 9 and cfg.beta == 0.3 and cfg.seq_kd is True
+    assert cfg.teacher is None
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build_config(get_method("grpo").Config, overrides=["num_generation=4"])
+    msg = str(e.value)
+    assert "num_generation" in msg and "Did you mean num_generations" in msg and "learning_rate" in msg
+    y = tmp_path / "c.yaml"
+    y.write_text("max_steps: 3\nlearnin_rate: 1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: unknown config key 'learnin_rate'"):
+        build_config(TrainConfig, y)
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match="max_steps='ten' is not a valid int"):
+        build_config(TrainConfig, overrides=["max_steps=ten"])
+    with pytest.raises(ValueError, match="lmbda must be in"):
+        build_config(get_method("gkd").Config, overrides=["lmbda=2"])
+    with pytest.raises(ValueError, match="loss_type"):
+        build_config(get_method("grpo").Config, overrides=["loss_type=ppo"])
+
+
+def test_every_field_is_documented():
+    for name in ("sft", "kd", "gkd", "grpo"):
+        cls = get_method(name).Config
+        text = describe(cls)
+        for f in cls.__dataclass_fields__:
+            assert field_doc(cls, f), f"{name}.{f} has no docstring"
+        assert "learning_rate" in text
