@@ -249,7 +249,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(ctx: Context, optimizer, scheduler, step: int) -> Path:
+def save_checkpoint(ctx: Context, optimizer, scheduler, step: int, rng_state: dict | None = None) -> Path:
     acc, cfg = ctx.accelerator, ctx.cfg
     out = Path(cfg.output_dir)
     final = out / f"checkpoint-{step}"
@@ -262,7 +262,7 @@ def save_checkpoint(ctx: Context, optimizer, scheduler, step: int) -> Path:
         ctx.policy.save_pretrained(tmp / "model", safe_serialization=True)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(ctx), tmp / f"rng_{acc.process_index}.pt")
+    torch.save(rng_state or _rng_state(ctx), tmp / f"rng_{acc.process_index}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": acc.num_processes}))
@@ -415,6 +415,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     try:
         while step < cfg.max_steps:
             ctx.step = step
+            rng_at_step_start = _rng_state(ctx)  # what an interrupted step's checkpoint must hold
             ctx.model.train()
             t_step = time.time()
             with torch.no_grad():
@@ -453,6 +454,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            rng_at_step_start = None  # the step completed: the current RNG state is the right one
             if acc.num_processes > 1:
                 loss_sum = acc.reduce(loss_sum, reduction="sum")
                 red = acc.reduce(torch.tensor(list(agg.values()), dtype=torch.float64, device=acc.device),
@@ -464,8 +466,6 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                        "time/elapsed_s": time.time() - t0, **agg}
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 writer.write(step, metrics)
-            if callback is not None:
-                callback(ctx, step, metrics)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", gnorm=f"{grad_norm:.2f}")
@@ -475,12 +475,21 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                 out_of_time = flag.item() > 0
             if (cfg.save_steps and step % cfg.save_steps == 0) or out_of_time:
                 last_ckpt = save_checkpoint(ctx, optimizer, scheduler, step)
+            if callback is not None:
+                callback(ctx, step, metrics)
             if out_of_time:
                 stopped_early = True
                 if acc.is_main_process:
                     print(f"[reasondistill] max_time_seconds={cfg.max_time_seconds} reached at step {step}",
                           file=sys.stderr)
                 break
+    except KeyboardInterrupt:
+        # Nothing lost: parameters only change in optimizer.step(), so the state after the last
+        # completed step is intact; save it with the RNG state from the start of the cut step.
+        if cfg.save_steps or cfg.max_time_seconds:
+            path = save_checkpoint(ctx, optimizer, scheduler, step, rng_state=rng_at_step_start)
+            print(f"\n[reasondistill] interrupted: saved {path}; continue with resume=true", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()

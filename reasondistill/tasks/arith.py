@@ -257,8 +257,9 @@ MODEL_SIZES = {
 }
 
 
-def model_config(size: str, tokenizer):
-    """A ``Qwen2Config`` for the embedded teacher ("teacher") or student ("student")."""
+def model_config(size: str, tokenizer, **overrides):
+    """A ``Qwen2Config`` for the embedded teacher ("teacher") or student ("student");
+    ``overrides`` replace size fields (hidden_size=..., num_hidden_layers=...)."""
     from transformers import Qwen2Config
 
     if size not in MODEL_SIZES:
@@ -267,7 +268,7 @@ def model_config(size: str, tokenizer):
         vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
         rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SIZES[size],
+        **(MODEL_SIZES[size] | overrides),
     )
 
 

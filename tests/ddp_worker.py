@@ -1,0 +1,23 @@
+"""Worker for the two-process test: trains sft for 3 steps and writes the final model."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from reasondistill.config import build_config
+from reasondistill.engine import train
+from reasondistill.methods import sft
+
+tiny, out, name, batch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+cfg = build_config(sft.Config, overrides=dict(
+    student=str(tiny / "student"), output_dir=str(out / name), max_steps=3, per_device_train_batch_size=batch,
+    train_size=64, report_to="none", progress=False, device="cpu", learning_rate=1e-2, max_completion_length=16))
+res = train(sft, cfg)
+acc = res["context"].accelerator
+if acc.num_processes > 1:
+    ranks = [None] * acc.num_processes
+    dist.all_gather_object(ranks, acc.process_index)
+    if acc.is_main_process:
+        (out / name / "ranks.json").write_text(json.dumps({"world": acc.num_processes, "ranks": ranks}))

@@ -1,0 +1,101 @@
+"""`reasondistill eval` and `reasondistill train` end to end through the CLI, on tiny models."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasondistill.cli import main
+from reasondistill.eval.math_eval import evaluate, summarize
+from reasondistill.tasks import arith
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("evaltiny")
+    tok = arith.build_tokenizer()
+    for name, seed in (("student", 0), ("teacher", 1)):
+        torch.manual_seed(seed)
+        cfg = arith.model_config("student", tok, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(d / name)
+        tok.save_pretrained(str(d / name))
+    return d
+
+
+def test_summary_metrics_by_hand():
+    rows = [{"id": "a", "correct": True, "num_tokens": 4, "truncated": False, "kl": 0.1},
+            {"id": "a", "correct": False, "num_tokens": 6, "truncated": True, "kl": 0.5},
+            {"id": "b", "correct": False, "num_tokens": 2, "truncated": False, "kl": 0.3},
+            {"id": "b", "correct": False, "num_tokens": 4, "truncated": False, "kl": 0.2}]
+    s = summarize(rows, samples=2, kl_budget=0.35)
+    assert s["avg@k"] == 0.25 and s["pass@k"] == 0.5 and s["num_questions"] == 2
+    assert s["kl_mean"] == pytest.approx(0.275) and s["constraint_satisfaction"] == 0.75
+    assert s["kl_std"] == pytest.approx(torch.tensor([0.1, 0.5, 0.3, 0.2]).std().item())
+    assert s["truncated_share"] == 0.25 and s["mean_tokens"] == 4
+
+
+def test_kl_is_zero_against_itself_and_positive_against_another(tiny):
+    from reasondistill.models import load_model, load_tokenizer
+
+    s, t = load_model(tiny / "student"), load_model(tiny / "teacher")
+    tok = load_tokenizer(tiny / "student")
+    recs = arith.generate("test", 6, seed=0)
+    _, same = evaluate(s, tok, recs, teacher=s, max_new_tokens=8)
+    _, other = evaluate(s, tok, recs, teacher=t, max_new_tokens=8)
+    assert same["kl_mean"] == pytest.approx(0.0, abs=1e-6) and same["constraint_satisfaction"] == 1.0
+    assert other["kl_mean"] > 0.01
+
+
+def test_eval_cli_on_embedded_split_with_teacher(tiny, tmp_path, capsys):
+    rc = main(["eval", "--model", str(tiny / "student"), "--benchmark", "arith", "--limit", "5",
+               "--teacher", str(tiny / "teacher"), "--kl-budget", "0.35", "--max-new-tokens", "8",
+               "--output-dir", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads((tmp_path / "eval_summary.json").read_text())
+    rows = [json.loads(x) for x in (tmp_path / "eval_examples.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and summary["num_questions"] == 5
+    assert {"question", "gold", "output", "extracted", "correct", "kl"} <= set(rows[0])
+    assert 0.0 <= summary["constraint_satisfaction"] <= 1.0 and "pass@1" in summary
+
+
+def test_eval_cli_samples_gives_avg_and_pass_at_k(tiny, tmp_path):
+    assert main(["eval", "--model", str(tiny / "student"), "--benchmark", "arith", "--limit", "3",
+                 "--samples", "4", "--temperature", "1.0", "--max-new-tokens", "6",
+                 "--output-dir", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "eval_summary.json").read_text())
+    rows = (tmp_path / "eval_examples.jsonl").read_text().splitlines()
+    assert len(rows) == 12 and "avg@k" in s and "pass@k" in s and s["pass@k"] >= s["avg@k"]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/benchmarks not present")
+def test_eval_cli_on_real_benchmark_files(tiny, tmp_path):
+    assert main(["eval", "--model", str(tiny / "student"), "--benchmark", "gsm8k", "--data-dir", str(SHARED),
+                 "--limit", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "a")]) == 0
+    assert main(["eval", "--model", str(tiny / "student"), "--data", str(SHARED / "svamp.jsonl"),
+                 "--question-field", "Body,Question", "--answer-field", "Answer", "--limit", "2",
+                 "--max-new-tokens", "4", "--output-dir", str(tmp_path / "b")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "b" / "eval_examples.jsonl").read_text().splitlines()]
+    assert rows[0]["gold"] == "145" and "bananas" in rows[0]["question"]
+
+
+def test_train_cli_rejects_unknown_key_and_lists_keys(tiny, tmp_path, capsys):
+    rc = main(["train", "sft", f"student={tiny / 'student'}", "learnin_rate=1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "learnin_rate" in err and "learning_rate" in err
+    assert main(["train", "gkd", "--list-keys"]) == 0
+    assert "lmbda" in capsys.readouterr().out
+
+
+def test_train_cli_runs_a_method(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "kd", f"student={tiny / 'student'}", f"teacher={tiny / 'teacher'}", "max_steps=2",
+                 "per_device_train_batch_size=4", "train_size=32", f"output_dir={out}", "progress=false",
+                 "report_to=tensorboard"]) == 0
+    assert (out / "final" / "model.safetensors").exists() and list((out / "tensorboard").glob("events.*"))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
