@@ -164,3 +164,31 @@ def test_two_processes_match_one_process_with_doubled_batch(tiny_models, tmp_pat
     a, b = _load_weights(tmp_path / "single" / "final"), _load_weights(tmp_path / "ddp" / "final")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst  # float32 all-reduce order differs: stated tolerance 1e-5
+
+
+def test_teacher_with_padded_vocab_rows_trains_on_the_shared_range(tiny_models, tmp_path):
+    """Qwen2.5-7B has 152,064 rows vs 151,936: extra rows are padding, compare the shared range only."""
+    from transformers import AutoModelForCausalLM
+
+    tok = arith.build_tokenizer()
+    cfg = arith.model_config("student", tok, hidden_size=48, num_hidden_layers=1, intermediate_size=96,
+                             vocab_size=len(tok) + 30)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "padded")
+    tok.save_pretrained(str(tmp_path / "padded"))
+    res = train(get_method("gkd"), _cfg("gkd", tiny_models, tmp_path / "run", teacher=str(tmp_path / "padded")))
+    assert res["context"].shared_vocab == len(tok)
+
+
+def test_teacher_with_another_tokenizer_is_refused_before_training(tiny_models, tmp_path):
+    from reasondistill.models import TokenizerMismatchError
+    from transformers import AutoModelForCausalLM
+
+    tok = arith.build_tokenizer()
+    other = arith.build_tokenizer()
+    other.eos_token = "<|endoftext|>"  # a base model that stops on a different token
+    cfg = arith.model_config("student", tok, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "t")
+    other.save_pretrained(str(tmp_path / "t"))
+    with pytest.raises(TokenizerMismatchError, match="(?i)eos"):
+        train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "run", teacher=str(tmp_path / "t")))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -264,12 +264,10 @@ def model_config(size: str, tokenizer, **overrides):
 
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; valid: {', '.join(MODEL_SIZES)}")
-    return Qwen2Config(
-        vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
-        rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **(MODEL_SIZES[size] | overrides),
-    )
+    kw = dict(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
+              rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=None,
+              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return Qwen2Config(**(kw | MODEL_SIZES[size] | overrides))
 
 
 def init_model(size: str, tokenizer, seed: int = 0):
