@@ -1,10 +1,5 @@
-"""Shared fixtures: a local byte-level BPE tokenizer and tiny random Qwen2 models.
-
-Nothing here touches the network. The tokenizer is the embedded task's
-(``reasondistill.tasks.arith.build_tokenizer``) when that module is importable, otherwise
-a small stand-in built the same way (byte-level BPE, ChatML, eos ``<|im_end|>``, pad
-``<|endoftext|>``).
-"""
+"""Shared fixtures: the embedded task's local byte-level BPE tokenizer and tiny random Qwen2
+models. Nothing here touches the network."""
 
 from __future__ import annotations
 
@@ -18,45 +13,12 @@ import torch
 # (no thread hand-off per tiny matmul, no spinning when another process holds a core).
 torch.set_num_threads(int(os.environ.get("REASONDISTILL_TEST_THREADS", "1")))
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def _fallback_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [f"What is {a}+{b}-{a % 7}?\n{a}+{b}={a + b}\n\\boxed{{{a + b - a % 7}}}" for a in range(40)
-              for b in range(0, 40, 3)] + ["The answer is the final result. Let us think step by step."] * 10
-    trainer = trainers.BpeTrainer(vocab_size=340, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
-    hf.chat_template = CHATML
-    return hf
-
-
-def _build_tokenizer():
-    try:
-        from reasondistill.tasks.arith import build_tokenizer
-    except ImportError:
-        return _fallback_tokenizer()
-    return build_tokenizer()
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     """The shared tokenizer. Do not mutate it: use ``clone_tokenizer`` for variants."""
-    return _build_tokenizer()
+    from reasondistill.tasks.arith import build_tokenizer
+
+    return build_tokenizer()
 
 
 def clone_tokenizer(tok, *, eos_token=None, pad_token=None, chat_template="same", edit_json=None):
