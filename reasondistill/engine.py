@@ -162,11 +162,50 @@ class Context:
             logits = forward_logits(self.teacher, batch.to(dev)).to(self.device)
         return logits[..., : self.shared_vocab]
 
+    def token_divergence(self, batch, kind: str, beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+        """(B, C) per-token divergence of student vs teacher at the completion positions of
+        ``batch`` (gradient w.r.t. the student only), over the shared vocabulary.
+
+        With ``loss_chunk_size > 0`` in the method's config it goes through
+        ``losses.chunked_divergence`` on the final hidden states, so the [B, C, V] float32 logits
+        of both models never exist at once (V = 151,936 for Qwen2.5); same numbers either way.
+        """
+        from . import losses
+
+        chunk = getattr(self.cfg, "loss_chunk_size", 0)
+        if not chunk:
+            t, s = self.teacher_logits(batch), self.student_logits(batch)
+            if kind == "generalized_jsd":
+                return losses.generalized_jsd(s, t, beta=beta, temperature=temperature)
+            return getattr(losses, kind)(s, t, temperature=temperature)
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError("loss_chunk_size > 0 is single-process for now (it bypasses the DDP "
+                                      "wrapper's forward); set loss_chunk_size=0 for multi-process runs")
+        batch = batch.to(self.device)
+        with torch.no_grad():
+            th = completion_hidden(self.teacher, batch.to(next(self.teacher.parameters()).device)).to(self.device)
+        sh = completion_hidden(self.policy, batch)
+        return losses.chunked_divergence(
+            sh, th, self.policy.get_output_embeddings().weight,
+            self.teacher.get_output_embeddings().weight.to(self.device), batch.completion_mask, kind=kind, beta=beta,
+            temperature=temperature, chunk_size=chunk, vocab_limit=self.shared_vocab)
+
     def student_logits(self, batch) -> torch.Tensor:
         """Student logits at the completion positions of ``batch`` (with grad), shared vocabulary only."""
         from .rollout import forward_logits
 
         return forward_logits(self.model, batch.to(self.device))[..., : self.shared_vocab]
+
+
+def completion_hidden(model, batch) -> torch.Tensor:
+    """(N, C, H) final hidden states at the positions that predict each completion token
+    (the decoder's output before the LM head; no logits are computed)."""
+    from .rollout import position_ids_from_mask
+
+    C = batch.completion_ids.shape[1]
+    ids, mask = batch.full_ids(), batch.full_mask()
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    return out.last_hidden_state[:, -(C + 1):-1]
 
 
 def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prompt: int, max_completion: int,

@@ -198,3 +198,13 @@ def test_teacher_with_another_tokenizer_is_refused_before_training(tiny_models, 
     with pytest.raises(TokenizerMismatchError, match="(?i)eos"):
         train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "run", teacher=str(tmp_path / "t")))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("method", ["kd", "gkd"])
+def test_vocabulary_chunked_loss_gives_the_same_training(method, tiny_models, tmp_path):
+    kw = dict(max_steps=2, lmbda=0.0) if method == "gkd" else dict(max_steps=2)
+    train(get_method(method), _cfg(method, tiny_models, tmp_path / "plain", **kw))
+    train(get_method(method), _cfg(method, tiny_models, tmp_path / "chunk", loss_chunk_size=5, **kw))
+    a, b = _load_weights(tmp_path / "plain" / "final"), _load_weights(tmp_path / "chunk" / "final")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)

@@ -44,6 +44,9 @@ class Config(TrainConfig):
     """Off-policy batches use teacher-generated completions instead of the dataset's."""
     completion_field: str = "solution"
     """Record field used as the completion for off-policy batches."""
+    loss_chunk_size: int = 0
+    """>0: compute the divergence from hidden states this many tokens at a time (never both
+    models' full [B, T, V] float32 logits at once; for real vocabularies). 0: plain logits."""
 
     def validate(self):
         if not 0.0 <= self.lmbda <= 1.0:
@@ -72,17 +75,22 @@ def prepare(ctx, examples: list[dict]) -> dict:
 def loss(ctx, micro: dict, totals: dict):
     cfg = ctx.cfg
     batch = micro["batch"].to(ctx.device)
-    t_logits = ctx.teacher_logits(batch)  # (B, C, V) no grad
-    s_logits = ctx.student_logits(batch)  # (B, C, V)
-    mask = batch.completion_mask.to(s_logits.dtype)
-    jsd = losses.generalized_jsd(s_logits, t_logits, beta=cfg.beta, temperature=cfg.temperature)  # (B, C)
+    if cfg.loss_chunk_size:
+        jsd = ctx.token_divergence(batch, "generalized_jsd", beta=cfg.beta, temperature=cfg.temperature)  # (B, C)
+        rkl = None
+    else:
+        t_logits = ctx.teacher_logits(batch)  # (B, C, V) no grad
+        s_logits = ctx.student_logits(batch)  # (B, C, V)
+        jsd = losses.generalized_jsd(s_logits, t_logits, beta=cfg.beta, temperature=cfg.temperature)  # (B, C)
+        rkl = losses.reverse_kl(s_logits.detach(), t_logits)  # the eval metric (temperature 1), for the curves
+    mask = batch.completion_mask.to(jsd.dtype)
     total = (jsd * mask).sum() / totals["tokens"]
     with torch.no_grad():
-        rkl = losses.reverse_kl(s_logits.detach(), t_logits)
         n = mask.sum().clamp(min=1)
-        metrics = {"gkd/jsd": ((jsd.detach() * mask).sum() / n).item(),
-                   "kl/reverse_per_token": ((rkl * mask).sum() / n).item(),
-                   "gkd/on_policy": float(micro["on_policy"]),
+        metrics = {"gkd/jsd": ((jsd.detach() * mask).sum() / n).item()}
+        if rkl is not None:
+            metrics["kl/reverse_per_token"] = ((rkl * mask).sum() / n).item()
+        metrics |= {"gkd/on_policy": float(micro["on_policy"]),
                    "completions/mean_length": mask.sum(1).mean().item(),
                    "completions/truncated_share": batch.truncated.float().mean().item()}
     return total, metrics

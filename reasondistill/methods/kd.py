@@ -31,6 +31,9 @@ class Config(TrainConfig):
     """Weight of the extra cross-entropy term on the dataset completion (0: pure KD)."""
     completion_field: str = "solution"
     """Record field used as the completion."""
+    loss_chunk_size: int = 0
+    """>0: compute the KL from hidden states this many tokens at a time (never both models'
+    full [B, T, V] float32 logits at once; for real vocabularies). 0: plain logits."""
 
     def validate(self):
         if self.temperature <= 0:
@@ -42,14 +45,13 @@ prepare = sft.prepare
 
 def loss(ctx, micro: dict, totals: dict):
     batch = micro["batch"].to(ctx.device)
-    t_logits = ctx.teacher_logits(batch)  # (B, C, V) no grad
-    s_logits = ctx.student_logits(batch)  # (B, C, V)
-    mask = batch.completion_mask.to(s_logits.dtype)
-    kl = losses.forward_kl(s_logits, t_logits, temperature=ctx.cfg.temperature)  # (B, C)
+    kl = ctx.token_divergence(batch, "forward_kl", temperature=ctx.cfg.temperature)  # (B, C)
+    mask = batch.completion_mask.to(kl.dtype)
     total = (kl * mask).sum() / totals["tokens"]
     metrics = {"kd/forward_kl": ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()}
     if ctx.cfg.sft_weight:
-        nll = -(losses.sampled_token_logprobs(s_logits, batch.completion_ids) * mask).sum() / totals["tokens"]
+        logp = losses.sampled_token_logprobs(ctx.student_logits(batch), batch.completion_ids)  # (B, C)
+        nll = -(logp * mask).sum() / totals["tokens"]
         total = total + ctx.cfg.sft_weight * nll
         metrics["kd/nll"] = nll.item()
     return total, metrics
