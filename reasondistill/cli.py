@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["build"])
     k.add_argument("--out", default=None, help="default: the package's assets/arith")
     k.add_argument("--teacher-steps", type=int, default=700)
-    k.add_argument("--student-steps", type=int, default=150)
+    k.add_argument("--student-steps", type=int, default=190)
     k.set_defaults(func=_cmd_task)
     return p
 

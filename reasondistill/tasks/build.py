@@ -67,7 +67,7 @@ def held_out_accuracy(path: Path, n: int = 400, seed: int = 0) -> float:
     return summary["accuracy"]
 
 
-def build_assets(out_dir: str | Path = arith.ASSETS_DIR, teacher_steps: int = 700, student_steps: int = 150,
+def build_assets(out_dir: str | Path = arith.ASSETS_DIR, teacher_steps: int = 700, student_steps: int = 190,
                  teacher_lr: float = 2e-3, student_lr: float = 3e-3, batch: int = 64, progress: bool = True) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
