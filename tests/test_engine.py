@@ -155,8 +155,8 @@ def test_two_processes_match_one_process_with_doubled_batch(tiny_models, tmp_pat
     one = subprocess.run([sys.executable, str(script), *common, "single", "8"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", str(script), *common, "ddp", "4"], env=env,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), *common, "ddp", "4"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     ranks = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
