@@ -373,6 +373,19 @@ def _truncate_metrics_after(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def _versions(acc) -> dict:
+    import platform
+
+    import accelerate
+    import transformers
+
+    from . import __version__
+
+    return {"reasondistill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version(),
+            "processes": acc.num_processes, "device": str(acc.device), "torch_threads": torch.get_num_threads()}
+
+
 def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
     from accelerate import Accelerator
 
@@ -413,6 +426,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
+        (out / "versions.json").write_text(json.dumps(_versions(acc), indent=2) + "\n")
     acc.wait_for_everyone()
     if records is None:
         records = load_train_records(cfg)
@@ -451,6 +465,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     last_ckpt = latest_checkpoint(out) if cfg.resume else None
     step = start
     stopped_early = False
+    warned_at = -10**9
     try:
         while step < cfg.max_steps:
             ctx.step = step
@@ -505,6 +520,12 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                        "time/elapsed_s": time.time() - t0, **agg}
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 writer.write(step, metrics)
+            cut = metrics.get("completions/truncated_share", 0.0)
+            if cut > 0.5 and acc.is_main_process and step - warned_at >= 50:
+                warned_at = step  # FIELD_NOTES: EOS disagreement shows up as answers that never stop
+                print(f"\n[reasondistill] warning: {cut:.0%} of completions hit max_completion_length="
+                      f"{cfg.max_completion_length} at step {step}; check the EOS ids of student and teacher",
+                      file=sys.stderr)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", gnorm=f"{grad_norm:.2f}")

@@ -61,6 +61,7 @@ def test_smoke_each_method(method, tiny_models, tmp_path, monkeypatch):
     after = _load_weights(tmp_path / method / "final")
     assert any(not torch.equal(before[k], after[k]) for k in before), "parameters did not move"
     assert (tmp_path / method / "config.yaml").exists() and (tmp_path / method / "checkpoint-2").exists()
+    assert json.loads((tmp_path / method / "versions.json").read_text())["torch"] == torch.__version__
 
 
 def _load_weights(folder):
@@ -208,3 +209,13 @@ def test_vocabulary_chunked_loss_gives_the_same_training(method, tiny_models, tm
     a, b = _load_weights(tmp_path / "plain" / "final"), _load_weights(tmp_path / "chunk" / "final")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_warns_when_completions_keep_hitting_the_length_cap(tiny_models, tmp_path, capfd):
+    """A random student never emits EOS: the run must say so (FIELD_NOTES: EOS disagreement)."""
+    train(get_method("gkd"), _cfg("gkd", tiny_models, tmp_path / "run", lmbda=1.0, max_steps=1,
+                                  max_completion_length=6))
+    err = capfd.readouterr().err
+    assert "hit max_completion_length=6" in err and "EOS" in err
+    m = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["completions/truncated_share"] > 0.5
