@@ -6,7 +6,8 @@ A method is a module with a ``Config`` dataclass and two functions::
                                      # must hold "num_tokens" and "num_rows" (ints) for normalising
     loss(ctx, micro, totals) -> (loss, metrics)
 
-and optionally ``setup(ctx)`` (load a reference model, ...). ``totals`` holds the *global*
+and optionally ``setup(ctx)`` (load a reference model, ...) and ``finalize_step(ctx, micros)``
+(statistics over the whole optimizer step, e.g. GRPO's batch-level reward std). ``totals`` holds the *global*
 ``tokens`` and ``rows`` summed over every micro-batch of the optimizer step and over every
 process, so a method that divides its summed loss by them gets exactly the same gradient
 whatever the split into micro-batches and processes (FIELD_NOTES: "gradient accumulation
@@ -152,6 +153,13 @@ class Context:
         from .models import render_prompt
 
         return [render_prompt(self.tokenizer, q) for q in questions]
+
+    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+        """Rendered, tokenised prompts cut from the left to ``max_prompt_length``: what every
+        sampled batch (student or teacher) is conditioned on, exactly as in ``encode_pairs``."""
+        from .models import encode_prompts
+
+        return [ids[-self.cfg.max_prompt_length:] for ids in encode_prompts(self.tokenizer, self.render(questions))]
 
     def teacher_logits(self, batch) -> torch.Tensor:
         """Teacher logits at the completion positions of ``batch`` (no grad), shared vocabulary only."""
@@ -474,6 +482,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             t_step = time.time()
             with torch.no_grad():
                 micros = [method.prepare(ctx, ex) for ex in stream.step_batches(step)]
+                if hasattr(method, "finalize_step"):  # step-level statistics over every micro-batch
+                    method.finalize_step(ctx, micros)
             t_prep = time.time() - t_step
             totals = torch.tensor([sum(m["num_tokens"] for m in micros), sum(m["num_rows"] for m in micros)],
                                   dtype=torch.float64, device=acc.device)

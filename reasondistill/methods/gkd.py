@@ -59,14 +59,15 @@ class Config(TrainConfig):
 
 def prepare(ctx, examples: list[dict]) -> dict:
     cfg = ctx.cfg
-    prompts = ctx.render([e["question"] for e in examples])
+    questions = [e["question"] for e in examples]
     on_policy = ctx.rng.random() < cfg.lmbda
     if on_policy or cfg.seq_kd:
         model = ctx.policy if on_policy else ctx.teacher
-        batch = generate(model, ctx.tokenizer, prompts, num_generations=1, max_new_tokens=cfg.max_completion_length,
-                         temperature=cfg.temperature, top_p=cfg.top_p, generator=ctx.generator)
+        batch = generate(model, ctx.tokenizer, ctx.prompt_ids(questions), num_generations=1,
+                         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                         generator=ctx.generator)
     else:
-        batch = encode_pairs(ctx.tokenizer, prompts, [e[cfg.completion_field] for e in examples],
+        batch = encode_pairs(ctx.tokenizer, ctx.render(questions), [e[cfg.completion_field] for e in examples],
                              cfg.max_prompt_length, cfg.max_completion_length)
     return {"batch": batch, "num_tokens": int(batch.completion_mask.sum()), "num_rows": len(examples),
             "on_policy": on_policy}

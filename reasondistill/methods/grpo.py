@@ -77,8 +77,7 @@ def setup(ctx) -> None:
 def sample_and_score(ctx, examples: list[dict]):
     """Roll out ``num_generations`` answers per prompt and score them: (rollout, rewards (N,), texts)."""
     cfg = ctx.cfg
-    prompts = ctx.render([e["question"] for e in examples])
-    roll = generate(ctx.policy, ctx.tokenizer, prompts, num_generations=cfg.num_generations,
+    roll = generate(ctx.policy, ctx.tokenizer, ctx.prompt_ids([e["question"] for e in examples]), num_generations=cfg.num_generations,
                     max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                     generator=ctx.generator)
     texts = roll.texts(ctx.tokenizer)
@@ -92,9 +91,24 @@ def sample_and_score(ctx, examples: list[dict]):
 def prepare(ctx, examples: list[dict]) -> dict:
     cfg = ctx.cfg
     roll, reward, _ = sample_and_score(ctx, examples)
-    adv = losses.group_advantages(reward, cfg.num_generations, scale=cfg.scale_rewards)  # (N,)
+    # "batch" scaling needs the std over the whole optimizer step: finalize_step applies it
+    scale = "none" if cfg.scale_rewards == "batch" else cfg.scale_rewards
+    adv = losses.group_advantages(reward, cfg.num_generations, scale=scale)  # (N,)
     return {"batch": roll, "advantages": adv, "rewards": reward,
             "num_tokens": int(roll.completion_mask.sum()), "num_rows": roll.completion_ids.shape[0]}
+
+
+def finalize_step(ctx, micros: list[dict]) -> None:
+    """``scale_rewards=batch``: divide by the reward std of the whole step (every micro-batch and
+    process, as TRL does over its generation batch), so accumulation does not change it."""
+    if ctx.cfg.scale_rewards != "batch":
+        return
+    rewards = torch.cat([m["rewards"] for m in micros]).to(ctx.device)
+    if ctx.accelerator.num_processes > 1:
+        rewards = ctx.accelerator.gather(rewards)
+    std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    for m in micros:
+        m["advantages"] = m["advantages"] / (std.cpu() + 1e-4)
 
 
 def normalizer(cfg, totals: dict) -> float:
