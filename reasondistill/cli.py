@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def _cmd_eval(args) -> int:
         if not args.question_field or not args.answer_field:
             raise SystemExit("eval --data needs --question-field and --answer-field")
         records = load_jsonl(args.data, args.question_field, args.answer_field, limit=args.limit)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = resolve_model(args.model)
     model = load_model(model_path, dtype=args.dtype, device=args.device)
     tok = load_tokenizer(model_path)
@@ -70,7 +73,8 @@ def _cmd_eval(args) -> int:
     torch.manual_seed(args.seed)
     rows, summary = evaluate(model, tok, records, samples=args.samples, temperature=args.temperature,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=teacher,
-                             kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True)
+                             kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True,
+                             system=args.system)
     summary.update({"model": args.model, "teacher": args.teacher,
                     "benchmark": args.benchmark or str(args.data)})
     per, summ = write_results(args.output_dir, rows, summary)
@@ -122,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", default=None, help="report per-example KL(student||teacher) and CS")
     e.add_argument("--kl-budget", type=float, default=0.35, help="d for constraint satisfaction")
     e.add_argument("--dtype", default="float32")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--output-dir", default="runs/eval")
     e.set_defaults(func=_cmd_eval)
@@ -146,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"reasondistill: error: {e}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        # bad input (config, data file and line, tokenizer mismatch, ...): the message, not a traceback
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"reasondistill: error: {msg}", file=sys.stderr)
+        if os.environ.get("REASONDISTILL_TRACEBACK"):
+            raise
         return 2
 
 

@@ -101,9 +101,12 @@ class TrainConfig:
     logging_steps: int = 1
     """Write metrics every N steps."""
     save_steps: int = 0
-    """Checkpoint every N steps (0: only at the end). Resume with ``resume=true``."""
+    """Checkpoint every N steps (0: none periodically; Ctrl-C and max_time_seconds still write
+    one, and final/ is always written). Resume with ``resume=true``."""
     save_total_limit: int = 2
     """Keep at most this many checkpoints (oldest removed first)."""
+    overwrite_output_dir: bool = False
+    """Allow a new run in an output_dir that holds another run's checkpoints (they are removed)."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir (model, optimizer, scheduler, RNG, data position)."""
     max_time_seconds: float = 0.0
@@ -149,7 +152,13 @@ def _parse_value(cls: type, name: str, raw, where: str):
     hints = typing.get_type_hints(cls)
     tp = hints[name]
     if not isinstance(raw, str):
-        return raw
+        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if (base is int and (isinstance(raw, bool) or not isinstance(raw, int))) or \
+                (base is float and (isinstance(raw, bool) or not isinstance(raw, (int, float)))) or \
+                (base is bool and not isinstance(raw, bool)) or (base is str and raw is not None):
+            if not (raw is None and base is not tp):
+                raise ConfigError(f"{where}: {name}={raw!r} is not a valid {getattr(base, '__name__', base)}")
+        return float(raw) if base is float and raw is not None else raw
     s = raw.strip()
     optional = False
     args = typing.get_args(tp)

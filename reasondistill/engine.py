@@ -168,7 +168,7 @@ class Context:
         with torch.no_grad():
             dev = next(self.teacher.parameters()).device
             logits = forward_logits(self.teacher, batch.to(dev)).to(self.device)
-        return logits[..., : self.shared_vocab]
+        return logits[..., : self.shared_vocab].float()  # divergences of bf16 logits are badly wrong
 
     def token_divergence(self, batch, kind: str, beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
         """(B, C) per-token divergence of student vs teacher at the completion positions of
@@ -202,7 +202,7 @@ class Context:
         """Student logits at the completion positions of ``batch`` (with grad), shared vocabulary only."""
         from .rollout import forward_logits
 
-        return forward_logits(self.model, batch.to(self.device))[..., : self.shared_vocab]
+        return forward_logits(self.model, batch.to(self.device))[..., : self.shared_vocab].float()
 
 
 def completion_hidden(model, batch) -> torch.Tensor:
@@ -226,11 +226,13 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prom
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
     p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt:] for p in prompts]
-    c_ids = []
+    c_ids, cut = [], []
     for c in completions:
         ids = tokenizer(c, add_special_tokens=False)["input_ids"]
-        ids = ids[: max_completion - 1] + [eos] if add_eos else ids[:max_completion]
-        c_ids.append(ids)
+        room = max_completion - 1 if add_eos else max_completion
+        cut.append(len(ids) > room)
+        # a completion cut at the limit gets no EOS: teaching it to stop mid-solution would be wrong
+        c_ids.append(ids[:max_completion] if cut[-1] else ids + ([eos] if add_eos else []))
     P = max(len(x) for x in p_ids)
     C = max(len(x) for x in c_ids)
     n = len(prompts)
@@ -245,7 +247,7 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prom
         completion_mask[i, : len(c)] = 1
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                    completion_mask=completion_mask, logprobs=torch.zeros(n, C),
-                   truncated=torch.zeros(n, dtype=torch.bool), group_index=torch.arange(n))
+                   truncated=torch.tensor(cut, dtype=torch.bool), group_index=torch.arange(n))
 
 
 # --------------------------------------------------------------------------------------
@@ -290,9 +292,18 @@ def _set_rng_state(ctx: Context, state: dict) -> None:
     ctx.rng.setstate(state["ctx_rng"])
 
 
+DATA_FIELDS = ("seed", "dataset", "per_device_train_batch_size", "gradient_accumulation_steps", "train_size",
+               "task_style", "task_min_terms", "task_max_terms", "task_max_operand")
+
+
+def data_signature(cfg) -> dict:
+    """The settings that decide which examples step s reads; resume refuses to change them."""
+    return {k: getattr(cfg, k) for k in DATA_FIELDS if hasattr(cfg, k)}
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
+    ckpts = [c for c in Path(output_dir).glob("checkpoint-*") if c.name.split("-", 1)[1].isdigit()]
+    ckpts = sorted((c for c in ckpts if (c / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
 
 
@@ -312,10 +323,12 @@ def save_checkpoint(ctx: Context, optimizer, scheduler, step: int, rng_state: di
     torch.save(rng_state or _rng_state(ctx), tmp / f"rng_{acc.process_index}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": acc.num_processes}))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": acc.num_processes,
+                                                            "data": data_signature(cfg)}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # atomic: a checkpoint folder with trainer_state.json is complete
-        ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        ckpts = sorted((c for c in out.glob("checkpoint-*") if c.name.split("-", 1)[1].isdigit()),
+                       key=lambda p: int(p.name.split("-")[1]))
         for old in ckpts[: max(0, len(ckpts) - max(1, cfg.save_total_limit))]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
@@ -326,6 +339,11 @@ def load_checkpoint(ctx: Context, optimizer, scheduler, path: Path) -> int:
     from safetensors.torch import load_file
 
     state = json.loads((path / "trainer_state.json").read_text())
+    saved, now = state.get("data", {}), data_signature(ctx.cfg)
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if changed:
+        raise RuntimeError(f"{path} was written with other data settings, so resuming would read other examples: "
+                           + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     if state["world_size"] != ctx.accelerator.num_processes:
         raise RuntimeError(f"{path} was written by {state['world_size']} process(es); resume with the same number "
                            f"(now {ctx.accelerator.num_processes})")
@@ -428,9 +446,17 @@ def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
 
 def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None = None, callback=None) -> dict:
     """Run ``method`` (a module under ``reasondistill.methods``) with ``cfg``; return a summary dict."""
+    out = Path(cfg.output_dir)
+    stale = latest_checkpoint(out) if out.exists() else None
+    if stale is not None and not cfg.resume and not cfg.overwrite_output_dir:
+        raise FileExistsError(f"{out} already holds checkpoints (newest: {stale.name}) from an earlier run: pass "
+                              f"resume=true to continue it, overwrite_output_dir=true to replace it, or another "
+                              f"output_dir")
     ctx = build_context(method, cfg, accelerator)
     acc = ctx.accelerator
-    out = Path(cfg.output_dir)
+    if stale is not None and not cfg.resume and acc.is_main_process:
+        for old in out.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -496,9 +522,12 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                 cm = contextlib.nullcontext() if sync else acc.no_sync(ctx.model)
                 with cm:
                     loss, metrics = method.loss(ctx, micro, totals)
-                    if not torch.isfinite(loss.detach()).item():
+                    finite = torch.isfinite(loss.detach()).float().reshape(1)
+                    if acc.num_processes > 1:  # every process must stop together, or the others hang
+                        finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+                    if finite.item() < 1.0:
                         raise NonFiniteLossError(
-                            f"non-finite loss ({loss.item()}) at step {step} micro-batch {i}; stopped without "
+                            f"non-finite loss (this process: {loss.item()}) at step {step} micro-batch {i}; stopped without "
                             f"updating. Last good checkpoint: {last_ckpt or 'none (set save_steps)'}. "
                             f"Try a lower learning_rate or max_grad_norm.")
                     acc.backward(loss * acc.num_processes)
@@ -556,7 +585,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     except KeyboardInterrupt:
         # Nothing lost: parameters only change in optimizer.step(), so the state after the last
         # completed step is intact; save it with the RNG state from the start of the cut step.
-        if cfg.save_steps or cfg.max_time_seconds:
+        if step > start:
             path = save_checkpoint(ctx, optimizer, scheduler, step, rng_state=rng_at_step_start)
             print(f"\n[reasondistill] interrupted: saved {path}; continue with resume=true", file=sys.stderr)
         raise

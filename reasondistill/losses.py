@@ -295,12 +295,12 @@ def _unbiased_std(x: torch.Tensor) -> torch.Tensor:
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """``[B, T]`` return-to-go: at a counted position t, the sum over counted u >= t of
-    ``gamma**k * r_u`` where k is the number of *counted* positions strictly between t and u
-    (a hole in the mask is skipped, not discounted). Uncounted positions get 0.
+    """``[B, T]`` return-to-go, exactly the DESIGN contract: at a counted position t, the sum over
+    counted u >= t of ``gamma**(u - t) * r_u`` (a hole in the mask contributes no reward but its
+    position still counts in the exponent). Uncounted positions get 0.
 
-    Discounts are built by walking the mask, never from absolute indices, so padding (anywhere)
-    cannot produce NaN or shift the discounting.
+    Built backwards from masked rewards (``R_t = r_t + gamma * R_{t+1}`` with r = 0 where
+    uncounted), so padding anywhere cannot produce NaN (no ``gamma ** index`` terms).
     """
     m = mask.bool()
     r = torch.where(m, rewards, 0.0)  # (B, T)
@@ -310,7 +310,7 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) 
     running = r.new_zeros(r.shape[:-1])  # (B,)
     out = []
     for t in range(r.shape[-1] - 1, -1, -1):
-        running = torch.where(m[..., t], r[..., t] + gamma * running, running)  # (B,)
+        running = r[..., t] + gamma * running  # (B,)
         out.append(torch.where(m[..., t], running, 0.0))
     return torch.stack(out[::-1], dim=-1)  # (B, T)
 

@@ -155,14 +155,16 @@ def _as_id_lists(tokenizer, prompts) -> list[list[int]]:
     return out
 
 
-def _eos_ids(tokenizer, eos_token_id) -> list[int]:
+def _eos_ids(tokenizer, eos_token_id, model=None) -> list[int]:
+    """Stop ids: the explicit ``eos_token_id``, else the union of the tokenizer's EOS and the
+    model's ``generation_config.eos_token_id`` (instruct models often list several)."""
     if eos_token_id is None:
-        eos_token_id = getattr(tokenizer, "eos_token_id", None)
-    if eos_token_id is None:
-        return []
+        eos_token_id = [getattr(tokenizer, "eos_token_id", None)]
+        gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_token_id += gen if isinstance(gen, (list, tuple)) else [gen]
     if isinstance(eos_token_id, int):
         return [eos_token_id]
-    return [int(e) for e in eos_token_id]
+    return sorted({int(e) for e in eos_token_id if e is not None})
 
 
 def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +290,7 @@ def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     rows = _as_id_lists(tokenizer, prompts)
-    eos = _eos_ids(tokenizer, eos_token_id)
+    eos = _eos_ids(tokenizer, eos_token_id, model)
     if pad_token_id is None:
         pad_token_id = getattr(tokenizer, "pad_token_id", None)
     if pad_token_id is None:

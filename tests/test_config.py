@@ -39,3 +39,13 @@ def test_every_field_is_documented():
         for f in cls.__dataclass_fields__:
             assert field_doc(cls, f), f"{name}.{f} has no docstring"
         assert "learning_rate" in text
+
+
+def test_yaml_values_are_type_checked(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("max_steps: 2.5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:1: max_steps=2.5 is not a valid int"):
+        build_config(TrainConfig, y)
+    y.write_text("learning_rate: 1\nteacher: null\nresume: true\n")
+    cfg = build_config(TrainConfig, y)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and cfg.teacher is None and cfg.resume

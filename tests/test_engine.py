@@ -159,6 +159,7 @@ def test_two_processes_match_one_process_with_doubled_batch(tiny_models, tmp_pat
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), *common, "ddp", "4"], env=env,
                          capture_output=True, text=True, timeout=300)
+    (tmp_path / "ddp_stderr.txt").write_text(two.stderr)
     assert two.returncode == 0, two.stderr[-3000:]
     ranks = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
     assert ranks == {"world": 2, "ranks": [0, 1]}, ranks  # really two processes
@@ -219,3 +220,52 @@ def test_warns_when_completions_keep_hitting_the_length_cap(tiny_models, tmp_pat
     assert "hit max_completion_length=6" in err and "EOS" in err
     m = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert m["completions/truncated_share"] > 0.5
+
+
+def test_new_run_refuses_a_folder_with_another_runs_checkpoints(tiny_models, tmp_path):
+    train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", save_steps=1))
+    with pytest.raises(FileExistsError, match="resume=true.*overwrite_output_dir=true"):
+        train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", save_steps=1))
+    train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=1, overwrite_output_dir=True))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == []  # old ones removed
+
+
+def test_resume_refuses_changed_data_settings(tiny_models, tmp_path):
+    train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=2, save_steps=2))
+    with pytest.raises(RuntimeError, match="per_device_train_batch_size: 4 -> 8"):
+        train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=4, resume=True,
+                                      per_device_train_batch_size=8))
+
+
+def test_interrupt_in_the_middle_of_a_step_resumes_exactly(tiny_models, tmp_path, monkeypatch):
+    """Ctrl-C while step 4 is sampling/backpropagating: checkpoint-3 holds the RNG state from the
+    start of step 4, so the resumed run samples the same completions as an uninterrupted one."""
+    method = get_method("gkd")
+    kw = dict(max_steps=5, lmbda=0.5)  # no periodic checkpoints: only Ctrl-C writes one
+    train(method, _cfg("gkd", tiny_models, tmp_path / "straight", **kw))
+    real = method.loss
+
+    def cut(ctx, micro, totals):
+        if ctx.step == 3:
+            raise KeyboardInterrupt
+        return real(ctx, micro, totals)
+
+    monkeypatch.setattr(method, "loss", cut)
+    with pytest.raises(KeyboardInterrupt):
+        train(method, _cfg("gkd", tiny_models, tmp_path / "split", **kw))
+    monkeypatch.setattr(method, "loss", real)
+    assert [p.name for p in (tmp_path / "split").glob("checkpoint-*")] == ["checkpoint-3"]
+    train(method, _cfg("gkd", tiny_models, tmp_path / "split", resume=True, **kw))
+    a, b = _load_weights(tmp_path / "straight" / "final"), _load_weights(tmp_path / "split" / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_grpo_reference_model_sits_on_the_training_device(tiny_models, tmp_path, monkeypatch):
+    import reasondistill.methods.grpo as grpo
+
+    monkeypatch.setattr(grpo, "accuracy_reward", lambda texts, answer: [float(i % 2) for i in range(len(texts))])
+    res = train(grpo, _cfg("grpo", tiny_models, tmp_path / "run", beta=0.1, max_steps=1))
+    ctx = res["context"]
+    assert next(ctx.extras["ref"].parameters()).device == ctx.device
+    assert not any(p.requires_grad for p in ctx.extras["ref"].parameters())

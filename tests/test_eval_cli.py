@@ -99,3 +99,18 @@ def test_train_cli_runs_a_method(tiny, tmp_path):
                  "report_to=tensorboard"]) == 0
     assert (out / "final" / "model.safetensors").exists() and list((out / "tensorboard").glob("events.*"))
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_reports_bad_input_without_a_traceback(tiny, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "1+1", "a": "2"}\n{"q": "2+2", "a": \n')
+    assert main(["eval", "--model", str(tiny / "student"), "--data", str(bad), "--question-field", "q",
+                 "--answer-field", "a", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 2" in err and "Traceback" not in err
+    assert main(["eval", "--model", str(tiny / "student"), "--data", str(bad), "--question-field", "question",
+                 "--answer-field", "a", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing field 'question'" in err and "fields present: q, a" in err
+    assert main(["train", "gkd", f"student={tiny / 'student'}", "lmbda=2"]) == 2
+    assert "lmbda must be in [0, 1]" in capsys.readouterr().err

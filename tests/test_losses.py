@@ -211,8 +211,8 @@ def ref_reward_to_go(r, m, gamma):
     out = [[0.0] * len(row) for row in r]
     for b in range(len(r)):
         valid = [t for t in range(len(r[b])) if m[b][t]]
-        for k, t in enumerate(valid):
-            out[b][t] = sum(gamma**j * r[b][u] for j, u in enumerate(valid[k:]))
+        for t in valid:
+            out[b][t] = sum(gamma ** (u - t) * r[b][u] for u in valid if u >= t)  # DESIGN: gamma^(u-t)
     return out
 
 
@@ -220,9 +220,9 @@ def test_reward_to_go_with_a_hole_in_the_mask_by_hand():
     nan = float("nan")
     r = torch.tensor([[1.0, 2.0, nan, 4.0, nan]], dtype=F64)
     m = torch.tensor([[1, 1, 0, 1, 0]])
-    # valid positions 0, 1, 3: discounts count valid steps, the hole at 2 is skipped
-    # t=3: 4;  t=1: 2 + .5*4 = 4;  t=0: 1 + .5*2 + .25*4 = 3
-    assert L.reward_to_go(r, m, gamma=0.5).tolist() == [[3.0, 4.0, 0.0, 4.0, 0.0]]
+    # valid positions 0, 1, 3; the contract discounts by gamma^(u-t), so the hole still counts
+    # t=3: 4;  t=1: 2 + .25*4 = 3;  t=0: 1 + .5*2 + .125*4 = 2.5
+    assert L.reward_to_go(r, m, gamma=0.5).tolist() == [[2.5, 3.0, 0.0, 4.0, 0.0]]
     assert L.reward_to_go(r, m, gamma=1.0).tolist() == [[7.0, 6.0, 0.0, 4.0, 0.0]]
 
 

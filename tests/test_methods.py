@@ -90,10 +90,12 @@ def prompt_ids(tokenizer, question):
 
 
 def data_rows(tokenizer, examples, max_c=DATA_C):
-    """(prompt ids, completion ids + EOS) per example, tokenised here."""
+    """(prompt ids, completion ids + EOS) per example, tokenised here; a completion longer than
+    max_c is cut to max_c tokens without EOS."""
     rows = []
     for e in examples:
-        c = tokenizer(e["solution"], add_special_tokens=False)["input_ids"][: max_c - 1] + [tokenizer.eos_token_id]
+        c = tokenizer(e["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        c = c if len(c) <= max_c else c[:max_c]
         rows.append((prompt_ids(tokenizer, e["question"]), c))
     return rows
 
@@ -189,7 +191,11 @@ def test_encode_pairs_truncation(tokenizer, examples):
     p_full = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c_full = tokenizer(s, add_special_tokens=False)["input_ids"]
     assert b.prompt_ids[0].tolist() == p_full[-5:]  # keeps the end of the prompt
-    assert b.completion_ids[0].tolist() == c_full[:5] + [tokenizer.eos_token_id]  # room left for EOS
+    # a completion cut at the limit keeps max_completion tokens and gets NO EOS (it did not end there)
+    assert b.completion_ids[0].tolist() == c_full[:6] and b.truncated.tolist() == [True]
+    # one that fits (EOS included) ends in EOS and is not truncated
+    fits = engine.encode_pairs(tokenizer, [prompt], [s], max_prompt=5, max_completion=len(c_full) + 1)
+    assert fits.completion_ids[0].tolist() == c_full + [tokenizer.eos_token_id] and fits.truncated.tolist() == [False]
 
 
 def test_sft_loss_is_completion_only_mean_nll(tokenizer, acc, student, examples):

@@ -315,3 +315,10 @@ def test_mismatched_pairs_grade_wrong(name, monkeypatch):
     rate = len(hits) / len(idx)
     print(f"{name}: {len(hits)}/{len(idx)} mismatched pairs graded correct ({rate:.2%}): {hits[:10]}")
     assert rate < 0.05, hits
+
+
+@pytest.mark.parametrize("pred,gold", [("\\boxed{1234567}", "1234568"), ("\\boxed{123456789}", "123456700"),
+                                       ("\\boxed{100000001}", "100000000")])
+def test_integers_that_differ_are_wrong_however_large(pred, gold):
+    assert not is_correct(pred, gold)
+    assert is_correct(pred, pred[7:-1])

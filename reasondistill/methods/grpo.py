@@ -70,8 +70,8 @@ class Config(TrainConfig):
 
 def setup(ctx) -> None:
     if ctx.cfg.beta > 0:
-        ref = copy.deepcopy(ctx.model).eval()
-        ctx.extras["ref"] = ref.requires_grad_(False)
+        ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+        ctx.extras["ref"] = ref.to(ctx.device)  # setup runs before accelerate moves the student
 
 
 def sample_and_score(ctx, examples: list[dict]):
