@@ -280,7 +280,8 @@ def seed_everything(seed: int) -> None:
 def _rng_state(ctx: Context) -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "generator": ctx.generator.get_state() if ctx.generator is not None else None,
-            "ctx_rng": ctx.rng.getstate()}
+            "ctx_rng": ctx.rng.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(ctx: Context, state: dict) -> None:
@@ -290,6 +291,8 @@ def _set_rng_state(ctx: Context, state: dict) -> None:
     if state["generator"] is not None and ctx.generator is not None:
         ctx.generator.set_state(state["generator"])
     ctx.rng.setstate(state["ctx_rng"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 DATA_FIELDS = ("seed", "dataset", "per_device_train_batch_size", "gradient_accumulation_steps", "train_size",
