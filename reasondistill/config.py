@@ -47,8 +47,8 @@ class TrainConfig:
     """``arith`` (the embedded task), a benchmark name (gsm8k_train, ...), or a JSONL path."""
     question_field: str = "question"
     """For a JSONL dataset: the question field (comma-separated fields are joined)."""
-    answer_field: str = "answer"
-    """For a JSONL dataset: the final-answer field."""
+    answer_field: str | None = "answer"
+    """For a JSONL dataset: the final-answer field (``none`` for traces without one; sft/kd only)."""
     solution_field: str | None = "solution"
     """For a JSONL dataset: the worked-solution field used as the completion by sft/kd/gkd."""
     data_dir: str | None = None

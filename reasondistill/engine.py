@@ -80,13 +80,19 @@ def load_train_records(cfg: TrainConfig) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"dataset {cfg.dataset!r} is neither 'arith', a benchmark name "
                                 f"({', '.join(benchmarks.BENCHMARKS)}), nor an existing JSONL file")
-    records = benchmarks.load_jsonl(path, cfg.question_field, cfg.answer_field)
-    if cfg.solution_field:
-        raw = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for r, row in zip(records, raw):
-            if cfg.solution_field in row:
-                r["solution"] = str(row[cfg.solution_field])
-    return records
+    extras = {"solution": cfg.solution_field} if cfg.solution_field else ()
+    return benchmarks.load_jsonl(path, cfg.question_field, cfg.answer_field, extras=extras)
+
+
+def check_required_fields(method, cfg, records: list[dict]) -> None:
+    """Fail before the first step, naming the record, if a field the method reads is missing."""
+    need = method.required_fields(cfg) if hasattr(method, "required_fields") else ()
+    for f in need:
+        bad = [r for r in records if r.get(f) in (None, "")]
+        if bad:
+            raise ValueError(f"{len(bad)} of {len(records)} training records have no {f!r} (first: id "
+                             f"{bad[0].get('id')!r}, which has {sorted(k for k, v in bad[0].items() if v not in (None, ''))})"
+                             f"; set the right field (e.g. solution_field=..., answer_field=...) or fix the data")
 
 
 class DataStream:
@@ -467,6 +473,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     acc.wait_for_everyone()
     if records is None:
         records = load_train_records(cfg)
+    check_required_fields(method, cfg, records)
     if hasattr(method, "setup"):
         method.setup(ctx)
 

@@ -114,3 +114,22 @@ def test_cli_reports_bad_input_without_a_traceback(tiny, tmp_path, capsys):
     assert "missing field 'question'" in err and "fields present: q, a" in err
     assert main(["train", "gkd", f"student={tiny / 'student'}", "lmbda=2"]) == 2
     assert "lmbda must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_sft_on_a_jsonl_of_teacher_traces_without_answers(tiny, tmp_path, capsys):
+    """SeqKD: train on traces; the answer field is optional, a missing trace is caught before step 1."""
+    traces = tmp_path / "traces.jsonl"
+    rows = [{"problem": p["question"], "trace": p["solution"]} for p in arith.generate("train", 8, seed=0)]
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    common = ["train", "sft", f"student={tiny / 'student'}", f"dataset={traces}", "question_field=problem",
+              "answer_field=none", "max_steps=1", "per_device_train_batch_size=4", "progress=false",
+              "report_to=none"]
+    assert main([*common, "solution_field=trace", f"output_dir={out}"]) == 0
+    assert (out / "final" / "model.safetensors").exists()
+    rows[5].pop("trace")
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([*common, "solution_field=trace", f"output_dir={tmp_path / 'run2'}"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 8 training records have no 'solution'" in err and "traces-6" in err
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()

@@ -217,3 +217,15 @@ def test_rollout_helpers(model, tokenizer, prompts):
     assert roll.texts(tokenizer) == [tokenizer.decode(r, skip_special_tokens=True) for r in roll.completion_ids]
     with pytest.raises(ValueError, match="empty"):
         generate(model, tokenizer, [[]])
+
+
+def test_generation_config_stop_ids_also_stop(make_model, tokenizer, prompts):
+    """Instruct models list extra stop ids in generation_config; sampling must honour them."""
+    m = make_model(len(tokenizer), seed=3)
+    free = generate(m, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+    first = free.completion_ids[0, 0].item()
+    assert first != tokenizer.eos_token_id
+    m.generation_config.eos_token_id = [first]
+    stopped = generate(m, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+    assert stopped.completion_mask[0].tolist()[:2] == [1, 0]  # stopped right after that token
+    assert not stopped.truncated[0]

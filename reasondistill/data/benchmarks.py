@@ -178,7 +178,7 @@ def _fields(spec: str | Sequence[str]) -> list[str]:
 def load_jsonl(
     path: str | os.PathLike,
     question_field: str | Sequence[str],
-    answer_field: str,
+    answer_field: str | None,
     id_field: str | None = None,
     limit: int | None = None,
     *,
@@ -191,7 +191,8 @@ def load_jsonl(
         path: the ``.jsonl`` file.
         question_field: a field name, a comma-separated list of names, or a list of names;
             several fields are joined in order (see ``_join_question``).
-        answer_field: the answer field (a list, a number, a string, or a worked solution).
+        answer_field: the answer field (a list, a number, a string, or a worked solution); None
+            for data without answers (e.g. teacher traces for SFT): the answer is then "".
         id_field: the id field; None, or a row where it is missing/null, gives
             ``"{file stem}-{line number}"``.
         limit: stop after this many records.
@@ -229,11 +230,11 @@ def load_jsonl(
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             present = ", ".join(row) or "(none)"
-            for f in [*q_fields, answer_field]:
+            for f in [*q_fields, *([answer_field] if answer_field else [])]:
                 if f not in row:
                     raise DataError(f"{where}: missing field {f!r}; fields present: {present}")
             question = _join_question([str(row[f]) if row[f] is not None else "" for f in q_fields])
-            answer, solution = _convert_answer(row[answer_field])
+            answer, solution = _convert_answer(row[answer_field]) if answer_field else ("", None)
             rid = row.get(id_field) if id_field else None
             rec: dict[str, Any] = {
                 "id": str(rid) if rid is not None and str(rid) != "" else f"{stem}-{line_no}",

@@ -95,3 +95,8 @@ def loss(ctx, micro: dict, totals: dict):
                    "completions/mean_length": mask.sum(1).mean().item(),
                    "completions/truncated_share": batch.truncated.float().mean().item()}
     return total, metrics
+
+
+def required_fields(cfg) -> tuple[str, ...]:
+    """Dataset completions are read only by off-policy batches that are not seq_kd."""
+    return ("question", cfg.completion_field) if cfg.lmbda < 1.0 and not cfg.seq_kd else ("question",)

@@ -142,3 +142,7 @@ def loss(ctx, micro: dict, totals: dict):
                "completions/truncated_share": batch.truncated.float().mean().item(),
                **{f"grpo/{k}": v for k, v in stats.items()}}
     return pg, metrics
+
+
+def required_fields(cfg) -> tuple[str, ...]:
+    return ("question", "answer")

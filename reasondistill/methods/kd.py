@@ -55,3 +55,7 @@ def loss(ctx, micro: dict, totals: dict):
         total = total + ctx.cfg.sft_weight * nll
         metrics["kd/nll"] = nll.item()
     return total, metrics
+
+
+def required_fields(cfg) -> tuple[str, ...]:
+    return ("question", cfg.completion_field)

@@ -36,10 +36,6 @@ class Config(TrainConfig):
 
 def prepare(ctx, examples: list[dict]) -> dict:
     cfg = ctx.cfg
-    missing = [e.get("id") for e in examples if cfg.completion_field not in e]
-    if missing:
-        raise KeyError(f"sft: field {cfg.completion_field!r} missing from examples {missing[:3]}; "
-                       f"fields present: {sorted(examples[0])}")
     batch = encode_pairs(ctx.tokenizer, ctx.render([e["question"] for e in examples]),
                          [e[cfg.completion_field] for e in examples], cfg.max_prompt_length,
                          cfg.max_completion_length)
@@ -55,3 +51,7 @@ def loss(ctx, micro: dict, totals: dict):
     with torch.no_grad():
         acc = ((logits.argmax(-1) == batch.completion_ids).float() * mask).sum() / mask.sum().clamp(min=1)
     return nll, {"sft/token_accuracy": acc.item()}
+
+
+def required_fields(cfg) -> tuple[str, ...]:
+    return ("question", cfg.completion_field)
