@@ -34,7 +34,13 @@ def _cmd_train(args) -> int:
         return 0
     cfg = build_config(method.Config, args.config, args.overrides)
     result = train(method, cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "context"}, indent=2))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # processes leave together (one exiting early makes the other abort)
+        dist.barrier()
+        dist.destroy_process_group()
+    if result["context"].accelerator.is_main_process:
+        print(json.dumps({k: v for k, v in result.items() if k != "context"}, indent=2))
     return 0
 
 

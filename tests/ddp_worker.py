@@ -21,3 +21,6 @@ if acc.num_processes > 1:
     dist.all_gather_object(ranks, acc.process_index)
     if acc.is_main_process:
         (out / name / "ranks.json").write_text(json.dumps({"world": acc.num_processes, "ranks": ranks}))
+if dist.is_initialized():  # leave together: a rank exiting while the other still talks to the store aborts
+    dist.barrier()
+    dist.destroy_process_group()

@@ -133,3 +133,10 @@ def test_sft_on_a_jsonl_of_teacher_traces_without_answers(tiny, tmp_path, capsys
     err = capsys.readouterr().err
     assert "1 of 8 training records have no 'solution'" in err and "traces-6" in err
     assert not (tmp_path / "run2" / "metrics.jsonl").exists()
+
+
+def test_console_script_is_installed():
+    import subprocess
+
+    r = subprocess.run(["reasondistill", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "demo" in r.stdout and "eval" in r.stdout
