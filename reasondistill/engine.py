@@ -427,7 +427,9 @@ def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
     from .models import assert_compatible, load_model, load_tokenizer, render_prompt
 
     if accelerator is None:
-        accelerator = Accelerator(cpu=(cfg.device == "cpu"))
+        # on a CPU-only machine "auto" must say cpu=True, or accelerate ignores torchrun's processes
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        accelerator = Accelerator(cpu=cpu)
     seed_everything(cfg.seed + accelerator.process_index)
     student_path = resolve_model(cfg.student)
     tokenizer = load_tokenizer(student_path)

@@ -13,7 +13,7 @@ from reasondistill.methods import sft
 tiny, out, name, batch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 cfg = build_config(sft.Config, overrides=dict(
     student=str(tiny / "student"), output_dir=str(out / name), max_steps=3, per_device_train_batch_size=batch,
-    train_size=64, report_to="none", progress=False, device="cpu", learning_rate=1e-2, max_completion_length=16))
+    train_size=64, report_to="none", progress=False, learning_rate=1e-2, max_completion_length=16))  # device=auto
 res = train(sft, cfg)
 acc = res["context"].accelerator
 if acc.num_processes > 1:
