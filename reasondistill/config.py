@@ -36,7 +36,10 @@ class TrainConfig:
     teacher: str | None = "embedded:teacher"
     """Teacher model (same forms as ``student``); ``none`` for methods that need none (sft, grpo)."""
     dtype: str = "float32"
-    """Parameter dtype of student and teacher: float32, bfloat16, float16."""
+    """Parameter dtype of student and teacher: float32, bfloat16, float16. For training in half
+    precision prefer ``mixed_precision=bf16`` (float32 master weights and optimizer state)."""
+    mixed_precision: str = "no"
+    """``bf16``: forward passes under bfloat16 autocast, parameters and AdamW state float32; ``no``."""
     device: str = "auto"
     """``auto`` (accelerate's choice), ``cpu`` or ``cuda``."""
     teacher_device: str | None = None

@@ -199,9 +199,11 @@ class Context:
         with torch.no_grad():
             th = completion_hidden(self.teacher, batch.to(next(self.teacher.parameters()).device)).to(self.device)
         sh = completion_hidden(self.policy, batch)
+        if "teacher_head" not in self.extras:  # a teacher on another device: copy its LM head once, not per step
+            self.extras["teacher_head"] = self.teacher.get_output_embeddings().weight.detach().to(self.device)
         return losses.chunked_divergence(
             sh, th, self.policy.get_output_embeddings().weight,
-            self.teacher.get_output_embeddings().weight.to(self.device), batch.completion_mask, kind=kind, beta=beta,
+            self.extras["teacher_head"], batch.completion_mask, kind=kind, beta=beta,
             temperature=temperature, chunk_size=chunk, vocab_limit=self.shared_vocab)
 
     def student_logits(self, batch) -> torch.Tensor:
@@ -498,6 +500,10 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     elif acc.is_main_process and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
 
+    if cfg.mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
+    # bf16 autocast for the forward passes; parameters and AdamW state stay float32
+    autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
     stream = DataStream(records, cfg.seed, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
                         acc.num_processes, acc.process_index)
     writer = MetricsWriter(cfg, acc.is_main_process)
@@ -532,7 +538,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             for i, micro in enumerate(micros):
                 sync = i == len(micros) - 1
                 cm = contextlib.nullcontext() if sync else acc.no_sync(ctx.model)
-                with cm:
+                with cm, autocast:
                     loss, metrics = method.loss(ctx, micro, totals)
                     finite = torch.isfinite(loss.detach()).float().reshape(1)
                     if acc.num_processes > 1:  # every process must stop together, or the others hang

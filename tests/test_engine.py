@@ -269,3 +269,15 @@ def test_grpo_reference_model_sits_on_the_training_device(tiny_models, tmp_path,
     ctx = res["context"]
     assert next(ctx.extras["ref"].parameters()).device == ctx.device
     assert not any(p.requires_grad for p in ctx.extras["ref"].parameters())
+
+
+def test_bf16_mixed_precision_trains_with_float32_master_weights(tiny_models, tmp_path):
+    train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "fp32"))
+    train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "run", mixed_precision="bf16"))
+    a, w = _load_weights(tmp_path / "fp32" / "final"), _load_weights(tmp_path / "run" / "final")
+    assert all(v.dtype == torch.float32 for v in w.values())
+    assert any(not torch.equal(a[k], w[k]) for k in a)  # autocast really changed the arithmetic
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(lines, ref):
+        assert x["loss"] == pytest.approx(y["loss"], rel=0.05)  # same training, bf16 rounding
