@@ -157,10 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         # bad input (config, data file and line, tokenizer mismatch, ...): the message, not a traceback
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"reasondistill: error: {msg}", file=sys.stderr)
+        print(f"reasondistill: error: {e}", file=sys.stderr)
         if os.environ.get("REASONDISTILL_TRACEBACK"):
             raise
         return 2

@@ -156,6 +156,8 @@ def _parse_value(cls: type, name: str, raw, where: str):
     tp = hints[name]
     if not isinstance(raw, str):
         base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if base is str and isinstance(raw, bool):  # YAML 1.1 reads `no`/`yes` as booleans
+            return "yes" if raw else "no"
         if (base is int and (isinstance(raw, bool) or not isinstance(raw, int))) or \
                 (base is float and (isinstance(raw, bool) or not isinstance(raw, (int, float)))) or \
                 (base is bool and not isinstance(raw, bool)) or (base is str and raw is not None):
@@ -224,9 +226,21 @@ def build_config(cls: type, yaml_path: str | Path | None = None, overrides: list
             k, v = item.split("=", 1)
             put(k.strip().replace("-", "_"), v, "command line")
     cfg = cls(**values)
+    _validate_common(cfg)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def _validate_common(cfg) -> None:
+    """Checks of the shared fields, before anything touches the output folder."""
+    if cfg.mixed_precision not in ("no", "bf16"):
+        raise ConfigError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
+    if cfg.lr_scheduler_type not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"lr_scheduler_type must be cosine, linear or constant, got {cfg.lr_scheduler_type!r}")
+    for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 def _yaml_line(path: Path, key: str) -> int | None:

@@ -60,7 +60,8 @@ def run_demo(output_dir: str | Path = "runs/demo", num_test: int = 400, max_step
     evals.append({"step": 0, "accuracy": sum(r["correct"] for r in s_rows[:curve_size]) / curve_size,
                   "teacher_accuracy": t_sum["accuracy"]})
     overrides = dict(DEMO_DEFAULTS, student="embedded:student", teacher="embedded:teacher",
-                     output_dir=str(out / "gkd"), progress=progress, device="cpu")
+                     output_dir=str(out / "gkd"), progress=progress, device="cpu",
+                     overwrite_output_dir=True)  # the demo owns its folder: a rerun replaces it
     if max_steps is not None:
         overrides["max_steps"] = max_steps
     cfg = build_config(gkd.Config, overrides=overrides)

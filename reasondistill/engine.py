@@ -80,8 +80,13 @@ def load_train_records(cfg: TrainConfig) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"dataset {cfg.dataset!r} is neither 'arith', a benchmark name "
                                 f"({', '.join(benchmarks.BENCHMARKS)}), nor an existing JSONL file")
-    extras = {"solution": cfg.solution_field} if cfg.solution_field else ()
-    return benchmarks.load_jsonl(path, cfg.question_field, cfg.answer_field, extras=extras)
+    extras = {"_completion": cfg.solution_field} if cfg.solution_field else ()
+    records = benchmarks.load_jsonl(path, cfg.question_field, cfg.answer_field, extras=extras)
+    for r in records:  # the named solution field wins over a worked solution found in the answer field
+        if r.get("_completion") is not None:
+            r["solution"] = str(r.pop("_completion"))
+        r.pop("_completion", None)
+    return records
 
 
 def check_required_fields(method, cfg, records: list[dict]) -> None:
@@ -350,10 +355,13 @@ def load_checkpoint(ctx: Context, optimizer, scheduler, path: Path) -> int:
     from safetensors.torch import load_file
 
     state = json.loads((path / "trainer_state.json").read_text())
-    saved, now = state.get("data", {}), data_signature(ctx.cfg)
-    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    saved, now = state.get("data"), data_signature(ctx.cfg)
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v} if saved is not None else {}
+    if saved is None:
+        print(f"[reasondistill] warning: {path} records no data settings; cannot check they are unchanged",
+              file=sys.stderr)
     if changed:
-        raise RuntimeError(f"{path} was written with other data settings, so resuming would read other examples: "
+        raise ValueError(f"{path} was written with other data settings, so resuming would read other examples: "
                            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     if state["world_size"] != ctx.accelerator.num_processes:
         raise RuntimeError(f"{path} was written by {state['world_size']} process(es); resume with the same number "
@@ -374,6 +382,32 @@ def load_checkpoint(ctx: Context, optimizer, scheduler, path: Path) -> int:
 # --------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.hit, self._old = False, None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        print("\n[reasondistill] Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr)
+
+    def restore(self) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 class MetricsWriter:
     def __init__(self, cfg: TrainConfig, is_main: bool):
         self.is_main = is_main
@@ -460,24 +494,18 @@ def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
 def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None = None, callback=None) -> dict:
     """Run ``method`` (a module under ``reasondistill.methods``) with ``cfg``; return a summary dict."""
     out = Path(cfg.output_dir)
-    stale = latest_checkpoint(out) if out.exists() else None
-    if stale is not None and not cfg.resume and not cfg.overwrite_output_dir:
-        raise FileExistsError(f"{out} already holds checkpoints (newest: {stale.name}) from an earlier run: pass "
-                              f"resume=true to continue it, overwrite_output_dir=true to replace it, or another "
-                              f"output_dir")
+    used = out.exists() and (latest_checkpoint(out) is not None or (out / "final").exists())
+    if used and not cfg.resume and not cfg.overwrite_output_dir:
+        raise FileExistsError(f"{out} already holds an earlier run (checkpoints or final/): pass resume=true to "
+                              f"continue it, overwrite_output_dir=true to replace it, or another output_dir")
     ctx = build_context(method, cfg, accelerator)
     acc = ctx.accelerator
-    if stale is not None and not cfg.resume and acc.is_main_process:
-        for old in out.glob("checkpoint-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        (out / "versions.json").write_text(json.dumps(_versions(acc), indent=2) + "\n")
-    acc.wait_for_everyone()
     if records is None:
         records = load_train_records(cfg)
-    check_required_fields(method, cfg, records)
+    check_required_fields(method, cfg, records)  # every input is checked before the folder is touched
+    if used and not cfg.resume and acc.is_main_process:
+        for old in [*out.glob("checkpoint-*"), out / "final"]:
+            shutil.rmtree(old, ignore_errors=True)
     if hasattr(method, "setup"):
         method.setup(ctx)
 
@@ -492,6 +520,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             print(f"[reasondistill] resume=true but no checkpoint in {out}; starting from scratch", file=sys.stderr)
+            if acc.is_main_process and (out / "metrics.jsonl").exists():
+                (out / "metrics.jsonl").unlink()
         else:
             start = load_checkpoint(ctx, optimizer, scheduler, ckpt)
             if acc.is_main_process:
@@ -499,11 +529,13 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                 print(f"[reasondistill] resumed from {ckpt} at step {start}", file=sys.stderr)
     elif acc.is_main_process and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
+    if acc.is_main_process:  # after every check (a refused resume leaves the folder as it was)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        (out / "versions.json").write_text(json.dumps(_versions(acc), indent=2) + "\n")
+    acc.wait_for_everyone()
 
-    if cfg.mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
-    # bf16 autocast for the forward passes; parameters and AdamW state stay float32
-    autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+    bf16 = cfg.mixed_precision == "bf16"  # autocast of the loss forwards; weights and AdamW state stay float32
     stream = DataStream(records, cfg.seed, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
                         acc.num_processes, acc.process_index)
     writer = MetricsWriter(cfg, acc.is_main_process)
@@ -515,6 +547,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                    file=sys.stderr)
     t0 = time.time()
     last_ckpt = latest_checkpoint(out) if cfg.resume else None
+    sigint = _GracefulInterrupt()
     step = start
     stopped_early = False
     warned_at = -10**9
@@ -538,8 +571,9 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             for i, micro in enumerate(micros):
                 sync = i == len(micros) - 1
                 cm = contextlib.nullcontext() if sync else acc.no_sync(ctx.model)
-                with cm, autocast:
-                    loss, metrics = method.loss(ctx, micro, totals)
+                with cm:
+                    with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss, metrics = method.loss(ctx, micro, totals)
                     finite = torch.isfinite(loss.detach()).float().reshape(1)
                     if acc.num_processes > 1:  # every process must stop together, or the others hang
                         finite = acc.reduce(finite, reduction="sum") / acc.num_processes
@@ -586,12 +620,19 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", gnorm=f"{grad_norm:.2f}")
-            out_of_time = cfg.max_time_seconds and (time.time() - t0) > cfg.max_time_seconds
+            out_of_time = bool(cfg.max_time_seconds) and (time.time() - t0) > cfg.max_time_seconds
+            flags = [out_of_time, sigint.hit]
             if acc.num_processes > 1:  # every process must agree to stop
-                flag = acc.reduce(torch.tensor([1.0 if out_of_time else 0.0], device=acc.device), reduction="sum")
-                out_of_time = flag.item() > 0
-            if (cfg.save_steps and step % cfg.save_steps == 0) or out_of_time:
+                red = acc.reduce(torch.tensor([float(f) for f in flags], device=acc.device), reduction="sum")
+                flags = [v > 0 for v in red.tolist()]
+            out_of_time, ctrl_c = flags
+            if (cfg.save_steps and step % cfg.save_steps == 0) or out_of_time or ctrl_c:
                 last_ckpt = save_checkpoint(ctx, optimizer, scheduler, step)
+            if ctrl_c:
+                if acc.is_main_process:
+                    print(f"\n[reasondistill] interrupted after step {step}: saved {last_ckpt}; continue with "
+                          f"resume=true", file=sys.stderr)
+                raise KeyboardInterrupt
             if callback is not None:
                 callback(ctx, step, metrics)
             if out_of_time:
@@ -601,13 +642,15 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                           file=sys.stderr)
                 break
     except KeyboardInterrupt:
-        # Nothing lost: parameters only change in optimizer.step(), so the state after the last
-        # completed step is intact; save it with the RNG state from the start of the cut step.
-        if step > start:
+        # A second Ctrl-C, or one outside the main thread's handler: parameters only change in
+        # optimizer.step(), so the state after the last completed step is intact; save it with
+        # the RNG state from the start of the cut step (unless that checkpoint exists already).
+        if step > start and (last_ckpt is None or last_ckpt.name != f"checkpoint-{step}"):
             path = save_checkpoint(ctx, optimizer, scheduler, step, rng_state=rng_at_step_start)
             print(f"\n[reasondistill] interrupted: saved {path}; continue with resume=true", file=sys.stderr)
         raise
     finally:
+        sigint.restore()
         if bar is not None:
             bar.close()
         writer.close()

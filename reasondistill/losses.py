@@ -588,7 +588,10 @@ def prob_proxy_validity_weights(
 
 
 def _project(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    logits = hidden @ weight.T  # (c, V)
+    """Logits of a chunk in the weight's dtype (never under autocast: bf16 autocast would round
+    float32 master weights), returned in the compute dtype (float32 for half inputs)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = hidden.to(weight.dtype) @ weight.T  # (c, V)
     return logits.to(_compute_dtype(logits.dtype))
 
 
@@ -630,7 +633,7 @@ class _ChunkedHead(torch.autograd.Function):
                 (dz,) = torch.autograd.grad(ctx.fn(z, i), z, g)  # (c, V)
             dz = dz.to(weight.dtype)
             if need_h:
-                grad_h.index_add_(0, i, dz @ w)
+                grad_h.index_add_(0, i, (dz @ w).to(grad_h.dtype))
             if need_w:
                 grad_w[:V].addmm_(dz.T, h)
         return grad_h, grad_w, None, None, None, None

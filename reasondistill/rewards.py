@@ -346,7 +346,7 @@ def _close(a: float, b: float) -> bool:
 
 def _numbers_match(p: tuple[float, bool], g: tuple[float, bool]) -> bool:
     (pv, pp), (gv, gp) = p, g
-    if pv.is_integer() and gv.is_integer() and max(abs(pv), abs(gv)) < 2**53 and not (pp or gp):
+    if pv.is_integer() and gv.is_integer() and max(abs(pv), abs(gv)) < 2**53 and pp == gp:
         return pv == gv  # integers are exact: 1234567 is not 1234568 (no relative tolerance)
     if _close(pv, gv):
         return True

@@ -49,3 +49,13 @@ def test_yaml_values_are_type_checked(tmp_path):
     y.write_text("learning_rate: 1\nteacher: null\nresume: true\n")
     cfg = build_config(TrainConfig, y)
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and cfg.teacher is None and cfg.resume
+
+
+def test_shared_fields_are_checked_and_yaml_no_stays_a_word(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("mixed_precision: no\n")
+    assert build_config(TrainConfig, y).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision must be no or bf16"):
+        build_config(TrainConfig, overrides=["mixed_precision=fp16"])
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        build_config(TrainConfig, overrides=["max_steps=0"])

@@ -222,19 +222,28 @@ def test_warns_when_completions_keep_hitting_the_length_cap(tiny_models, tmp_pat
     assert m["completions/truncated_share"] > 0.5
 
 
-def test_new_run_refuses_a_folder_with_another_runs_checkpoints(tiny_models, tmp_path):
-    train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", save_steps=1))
+@pytest.mark.parametrize("save_steps", [1, 0])
+def test_new_run_refuses_a_folder_with_another_run(tiny_models, tmp_path, save_steps):
+    train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", save_steps=save_steps))
     with pytest.raises(FileExistsError, match="resume=true.*overwrite_output_dir=true"):
         train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", save_steps=1))
+    # a bad input with overwrite_output_dir: refused before anything is deleted
+    with pytest.raises(FileNotFoundError):
+        train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", overwrite_output_dir=True,
+                                      dataset=str(tmp_path / "missing.jsonl")))
+    assert (tmp_path / "run" / "final").exists()
     train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=1, overwrite_output_dir=True))
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == []  # old ones removed
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_resume_refuses_changed_data_settings(tiny_models, tmp_path):
     train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=2, save_steps=2))
-    with pytest.raises(RuntimeError, match="per_device_train_batch_size: 4 -> 8"):
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="per_device_train_batch_size: 4 -> 8"):
         train(get_method("sft"), _cfg("sft", tiny_models, tmp_path / "run", max_steps=4, resume=True,
                                       per_device_train_batch_size=8))
+    assert (tmp_path / "run" / "config.yaml").read_text() == before  # the refused run wrote nothing
 
 
 def test_interrupt_in_the_middle_of_a_step_resumes_exactly(tiny_models, tmp_path, monkeypatch):
@@ -269,6 +278,37 @@ def test_grpo_reference_model_sits_on_the_training_device(tiny_models, tmp_path,
     ctx = res["context"]
     assert next(ctx.extras["ref"].parameters()).device == ctx.device
     assert not any(p.requires_grad for p in ctx.extras["ref"].parameters())
+
+
+def test_bf16_with_the_chunked_loss(tiny_models, tmp_path):
+    """Chunked projections run outside autocast (float32 master weights), backward included."""
+    train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "plain", mixed_precision="bf16"))
+    train(get_method("kd"), _cfg("kd", tiny_models, tmp_path / "chunk", mixed_precision="bf16", loss_chunk_size=5))
+    a, b = _load_weights(tmp_path / "plain" / "final"), _load_weights(tmp_path / "chunk" / "final")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 5e-3, worst  # same training; only the student forward differs in bf16 rounding
+
+
+def test_first_ctrl_c_finishes_the_step_and_checkpoints(tiny_models, tmp_path):
+    """A real SIGINT during step 2: step 2 completes, checkpoint-2 is written, resume is exact."""
+    import signal
+
+    method = get_method("gkd")
+    kw = dict(max_steps=4, lmbda=0.5)
+    train(method, _cfg("gkd", tiny_models, tmp_path / "straight", **kw))
+
+    def ctrl_c(ctx, step, metrics):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # lands while the loop is between steps 1 and 2
+
+    with pytest.raises(KeyboardInterrupt):
+        train(method, _cfg("gkd", tiny_models, tmp_path / "split", **kw), callback=ctrl_c)
+    assert [p.name for p in (tmp_path / "split").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(method, _cfg("gkd", tiny_models, tmp_path / "split", resume=True, **kw))
+    a, b = _load_weights(tmp_path / "straight" / "final"), _load_weights(tmp_path / "split" / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_bf16_mixed_precision_trains_with_float32_master_weights(tiny_models, tmp_path):

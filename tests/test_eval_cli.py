@@ -135,6 +135,21 @@ def test_sft_on_a_jsonl_of_teacher_traces_without_answers(tiny, tmp_path, capsys
     assert not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
+def test_explicit_solution_field_wins_over_a_worked_answer(tmp_path):
+    from reasondistill.config import build_config
+    from reasondistill.engine import load_train_records
+    from reasondistill.methods import sft
+
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"q": "1+1?", "a": "#### 2", "trace": "1+1=2\\n\\boxed{2}"}) + "\n"
+                 + json.dumps({"q": "2+2?", "a": "\\boxed{4}", "trace": 44}) + "\n")
+    cfg = build_config(sft.Config, overrides=dict(dataset=str(f), question_field="q", answer_field="a",
+                                                  solution_field="trace"))
+    recs = load_train_records(cfg)
+    assert [r["solution"] for r in recs] == ["1+1=2\\n\\boxed{2}", "44"] and recs[0]["answer"] == "2"
+    assert all("_completion" not in r for r in recs)
+
+
 def test_console_script_is_installed():
     import subprocess
 

@@ -318,7 +318,7 @@ def test_mismatched_pairs_grade_wrong(name, monkeypatch):
 
 
 @pytest.mark.parametrize("pred,gold", [("\\boxed{1234567}", "1234568"), ("\\boxed{123456789}", "123456700"),
-                                       ("\\boxed{100000001}", "100000000")])
+                                       ("\\boxed{100000001}", "100000000"), ("\\boxed{12345679\\%}", "12345678\\%")])
 def test_integers_that_differ_are_wrong_however_large(pred, gold):
     assert not is_correct(pred, gold)
     assert is_correct(pred, pred[7:-1])
