@@ -79,8 +79,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step. The loss is normalised by the global count over all
     micro-batches and processes, so this does not change the gradient."""
-    learning_rate: float = 1e-3
-    """Peak learning rate (AdamW)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (AdamW). The default (the Hugging Face Trainer's) suits real models;
+    the tiny embedded models want ~1e-3 with warmup, as the demo and ``task build`` set."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_beta1: float = 0.9

@@ -36,8 +36,9 @@ NEEDS_TEACHER = False
 class Config(TrainConfig):
     teacher: str | None = None
     """Unused by GRPO."""
-    learning_rate: float = 5e-5
-    """Peak learning rate; RL on the embedded task collapses above ~1e-4."""
+    learning_rate: float = 1e-6
+    """Peak learning rate (TRL's GRPO default, for real models); the embedded task takes 5e-5 to
+    1e-4 and collapses above that."""
     per_device_train_batch_size: int = 8
     """Prompts per micro-batch (each answered num_generations times)."""
     num_generations: int = 8
