@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -113,13 +112,13 @@ class DataStream:
             raise ValueError("the training dataset is empty")
         self.records, self.seed = records, seed
         self.per_device, self.accum, self.world, self.rank = per_device, accum, world, rank
-        self._perm_cache: dict[int, list[int]] = {}
+        self._epoch, self._order = -1, []
 
     def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perm_cache:
+        if epoch != self._epoch:  # only the current epoch's order is kept
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm_cache = {epoch: torch.randperm(len(self.records), generator=g).tolist()}
-        return self._perm_cache[epoch]
+            self._epoch, self._order = epoch, torch.randperm(len(self.records), generator=g).tolist()
+        return self._order
 
     def _at(self, i: int) -> dict:
         n = len(self.records)
@@ -238,7 +237,9 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prom
 
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt:] for p in prompts]
+    from .models import encode_prompts
+
+    p_ids = [ids[-max_prompt:] for ids in encode_prompts(tokenizer, prompts)]
     c_ids, cut = [], []
     for c in completions:
         ids = tokenizer(c, add_special_tokens=False)["input_ids"]

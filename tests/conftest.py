@@ -69,3 +69,22 @@ def clone_tok():
 def make_model():
     """``tiny_qwen2`` as a fixture."""
     return tiny_qwen2
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A tiny random student and teacher (saved folders) sharing the embedded tokenizer."""
+    d = tmp_path_factory.mktemp("tiny")
+    from transformers import AutoModelForCausalLM
+
+    from reasondistill.tasks import arith
+
+    tok = arith.build_tokenizer()
+
+    for name, (h, layers, seed) in {"student": (32, 1, 0), "teacher": (48, 2, 1)}.items():
+        cfg = arith.model_config("student", tok, hidden_size=h, num_hidden_layers=layers, intermediate_size=2 * h)
+        torch.manual_seed(seed)
+        m = AutoModelForCausalLM.from_config(cfg)
+        m.save_pretrained(d / name)
+        tok.save_pretrained(str(d / name))
+    return d

@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from reasondistill.rewards import is_correct

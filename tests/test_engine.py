@@ -19,22 +19,6 @@ from reasondistill.tasks import arith
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """A tiny random student and teacher (saved folders) sharing the embedded tokenizer."""
-    d = tmp_path_factory.mktemp("tiny")
-    tok = arith.build_tokenizer()
-    from transformers import AutoModelForCausalLM
-
-    for name, (h, layers, seed) in {"student": (32, 1, 0), "teacher": (48, 2, 1)}.items():
-        cfg = arith.model_config("student", tok, hidden_size=h, num_hidden_layers=layers, intermediate_size=2 * h)
-        torch.manual_seed(seed)
-        m = AutoModelForCausalLM.from_config(cfg)
-        m.save_pretrained(d / name)
-        tok.save_pretrained(str(d / name))
-    return d
-
-
 def _cfg(method, tiny, out, **kw):
     base = dict(student=str(tiny / "student"), teacher=str(tiny / "teacher"), output_dir=str(out),
                 max_steps=2, per_device_train_batch_size=4, train_size=64, report_to="none", progress=False,
@@ -101,8 +85,8 @@ def test_gradient_accumulation_does_not_change_the_update(tiny_models, tmp_path)
                    learning_rate=1e-2, save_final_model=True)
         four = _cfg(method, tiny_models, tmp_path / f"{method}4", per_device_train_batch_size=2,
                     gradient_accumulation_steps=4, max_steps=1, learning_rate=1e-2)
-        r1 = train(get_method(method), one)
-        r4 = train(get_method(method), four)
+        train(get_method(method), one)
+        train(get_method(method), four)
         a, b = _load_weights(tmp_path / f"{method}1" / "final"), _load_weights(tmp_path / f"{method}4" / "final")
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=2e-6)

@@ -13,18 +13,10 @@ from reasondistill.tasks import arith
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    d = tmp_path_factory.mktemp("evaltiny")
-    tok = arith.build_tokenizer()
-    for name, seed in (("student", 0), ("teacher", 1)):
-        torch.manual_seed(seed)
-        cfg = arith.model_config("student", tok, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(d / name)
-        tok.save_pretrained(str(d / name))
-    return d
+@pytest.fixture
+def tiny(tiny_models):
+    """The saved tiny student/teacher folders of conftest."""
+    return tiny_models
 
 
 def test_summary_metrics_by_hand():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from .. import losses
 from ..config import TrainConfig
@@ -56,6 +55,4 @@ def loss(ctx, micro: dict, totals: dict):
         metrics["kd/nll"] = nll.item()
     return total, metrics
 
-
-def required_fields(cfg) -> tuple[str, ...]:
-    return ("question", cfg.completion_field)
+required_fields = sft.required_fields
