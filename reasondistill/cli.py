@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="train with a method: sft, kd, gkd, grpo")
+    t = sub.add_parser("train", help="train with a method: sft, kd, gkd, grpo, cmdp, gkd_rl, gkd_grpo, minillm")
     t.add_argument("method")
     t.add_argument("--config", default=None, help="YAML file of key: value")
     t.add_argument("--list-keys", action="store_true", help="list every config key with its documentation")

@@ -210,6 +210,58 @@ class Context:
             self.extras["teacher_head"], batch.completion_mask, kind=kind, beta=beta,
             temperature=temperature, chunk_size=chunk, vocab_limit=self.shared_vocab)
 
+    def policy_and_teacher(self, batch, temperature: float = 1.0, teacher_floor: float = 0.0) -> dict:
+        """One student forward (with grad) and one teacher forward (no grad) on a rollout, for
+        the on-policy RL distillation methods. Returns ``(N, C)`` tensors at the completion
+        positions, all at the same ``temperature``:
+
+        - ``logp``: log pi_theta(a_t | s_t) of the sampled tokens (with grad, full student vocabulary);
+        - ``step_kl``: KL(pi_theta(.|s_t) || mu(.|s_t)) over the shared vocabulary, the teacher
+          floored by ``losses.floored_log_probs(., teacher_floor)`` (with grad w.r.t. the student);
+        - ``teacher_logp``: log mu(a_t | s_t) of the sampled tokens, floored the same way (no grad).
+
+        With ``loss_chunk_size > 0`` in the config everything comes from final hidden states
+        chunk by chunk (``losses.chunked_*``), so no [N, C, V] float32 logits exist.
+        """
+        from . import losses
+        from .rollout import forward_logits
+
+        batch = batch.to(self.device)
+        ids, mask = batch.completion_ids, batch.completion_mask
+        chunk = getattr(self.cfg, "loss_chunk_size", 0)
+        tdev = next(self.teacher.parameters()).device
+        if not chunk:
+            t = self.teacher_logits(batch) / temperature  # (N, C, Vs) no grad
+            s = forward_logits(self.model, batch)  # (N, C, V) with grad
+            logp = losses.sampled_token_logprobs(s, ids, temperature=temperature)  # (N, C)
+            t_logp = losses.floored_log_probs(t, teacher_floor)  # (N, C, Vs)
+            step_kl = losses.reverse_kl(s[..., : self.shared_vocab].float() / temperature, t_logp)  # (N, C)
+            inside = ids.clamp(max=t_logp.shape[-1] - 1)
+            teacher_logp = t_logp.gather(-1, inside.unsqueeze(-1)).squeeze(-1)  # (N, C)
+            teacher_logp = torch.where(ids < t_logp.shape[-1], teacher_logp, -math.inf)
+            return {"logp": logp, "step_kl": step_kl, "teacher_logp": teacher_logp}
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError("loss_chunk_size > 0 is single-process for now; set loss_chunk_size=0")
+        with torch.no_grad():
+            th = completion_hidden(self.teacher, batch.to(tdev)).to(self.device)
+        sh = completion_hidden(self.policy, batch)
+        if "teacher_head" not in self.extras:
+            self.extras["teacher_head"] = self.teacher.get_output_embeddings().weight.detach().to(self.device)
+        w_t = self.extras["teacher_head"][: self.shared_vocab]
+        step_kl = losses.chunked_divergence(sh, th, self.policy.get_output_embeddings().weight, w_t, mask,
+                                            kind="reverse_kl", temperature=temperature, chunk_size=chunk,
+                                            vocab_limit=self.shared_vocab, teacher_floor=teacher_floor)
+        logp = losses.chunked_sampled_token_logprobs(sh, self.policy.get_output_embeddings().weight, ids,
+                                                     temperature=temperature, chunk_size=chunk, mask=mask)
+        with torch.no_grad():  # log mu(a_t) with the floor applied analytically: log((1-f) mu + f/V)
+            raw = losses.chunked_sampled_token_logprobs(th, w_t, ids.clamp(max=w_t.shape[0] - 1),
+                                                        temperature=temperature, chunk_size=chunk, mask=mask)
+            if teacher_floor:
+                raw = torch.logaddexp(raw + math.log1p(-teacher_floor), torch.full_like(
+                    raw, math.log(teacher_floor / w_t.shape[0])))
+            teacher_logp = torch.where(ids < w_t.shape[0], raw, -math.inf)
+        return {"logp": logp, "step_kl": step_kl, "teacher_logp": teacher_logp}
+
     def student_logits(self, batch) -> torch.Tensor:
         """Student logits at the completion positions of ``batch`` (with grad), shared vocabulary only."""
         from .rollout import forward_logits

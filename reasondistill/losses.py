@@ -53,7 +53,11 @@ __all__ = [
     "masked_mean",
     "group_advantages",
     "reward_to_go",
+    "cmdp_budget_slack",
     "cmdp_token_rewards",
+    "group_token_standardize",
+    "process_advantages",
+    "floored_log_probs",
     "sampled_token_logprobs",
     "tgpo_guidance_nll",
     "policy_gradient_loss",
@@ -315,6 +319,32 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) 
     return torch.stack(out[::-1], dim=-1)  # (B, T)
 
 
+def cmdp_budget_slack(
+    step_kl: torch.Tensor,
+    mask: torch.Tensor,
+    budget: float | torch.Tensor,
+    budget_mode: str = "length_normalized",
+) -> torch.Tensor:
+    """``[B, T]`` remaining budget ``D - S_t`` before each token (constrained_mdp_distillation.md
+    §3.1, z_t = d - sum_{u<t} C_u), the quantity both eq. (4) and the boundary term (II) test.
+
+    S_t = sum of ``step_kl`` over counted u < t; D = ``budget`` (``"sum"``) or ``budget`` x the
+    row's number of counted tokens (``"length_normalized"``). ``budget`` may be a scalar or
+    ``[B]``. Uncounted positions hold +inf (never violated, never on the boundary).
+    """
+    if budget_mode not in ("length_normalized", "sum"):
+        raise ValueError(f"budget_mode must be 'length_normalized' or 'sum', got {budget_mode!r}")
+    m = mask.bool()  # (B, T)
+    kl = torch.where(m, step_kl, 0.0)  # (B, T)
+    spent = kl.cumsum(-1) - kl  # (B, T) S_t, exclusive prefix sum over counted tokens
+    budget = torch.as_tensor(budget, dtype=kl.dtype, device=kl.device)
+    if budget.dim() == 1:
+        budget = budget.unsqueeze(-1)  # (B, 1) a per-row budget
+    if budget_mode == "length_normalized":
+        budget = budget * m.sum(-1, keepdim=True).to(kl.dtype)  # (B, 1)
+    return torch.where(m, budget - spent, math.inf)  # (B, T)
+
+
 def cmdp_token_rewards(
     task_reward: torch.Tensor | float,
     step_kl: torch.Tensor,
@@ -341,26 +371,67 @@ def cmdp_token_rewards(
     Returns ``(rewards [B, T], violated [B, T] bool)``. Rewards carry the autograd graph of
     ``step_kl`` if it has one; detach ``step_kl`` for use as a policy-gradient return.
     """
-    if budget_mode not in ("length_normalized", "sum"):
-        raise ValueError(f"budget_mode must be 'length_normalized' or 'sum', got {budget_mode!r}")
     m = mask.bool()  # (B, T)
     B, T = m.shape
-    kl = torch.where(m, step_kl, 0.0)  # (B, T)
-    spent = kl.cumsum(-1) - kl  # (B, T) S_t, exclusive prefix sum over counted tokens
-    budget = torch.as_tensor(budget, dtype=kl.dtype, device=kl.device)
-    if budget.dim() == 1:
-        budget = budget.unsqueeze(-1)  # (B, 1) a per-row budget
-    if budget_mode == "length_normalized":
-        budget = budget * m.sum(-1, keepdim=True).to(kl.dtype)  # (B, 1)
-    violated = (budget - spent < 0) & m  # (B, T)
-
+    violated = cmdp_budget_slack(step_kl, m, budget, budget_mode) < 0  # (B, T); +inf at padding
+    dtype = step_kl.dtype
     pos = torch.arange(T, device=m.device).expand(B, T)  # (B, T)
     last = torch.where(m, pos, -1).max(-1, keepdim=True).values  # (B, 1), -1 for empty rows
     is_last = (pos == last) & m  # (B, T)
-    R = torch.as_tensor(task_reward, dtype=kl.dtype, device=kl.device).reshape(-1, 1)  # (B, 1)
+    R = torch.as_tensor(task_reward, dtype=dtype, device=step_kl.device).reshape(-1, 1)  # (B, 1)
     rewards = torch.where(is_last, R.expand(B, T), 0.0)  # (B, T)
     rewards = torch.where(violated, -(penalty + step_kl), rewards)  # (B, T)
     return rewards, violated
+
+
+def group_token_standardize(
+    x: torch.Tensor, mask: torch.Tensor, group_size: int, eps: float = 1e-4
+) -> torch.Tensor:
+    """``[N, T]`` per-token values standardised within groups of ``group_size`` consecutive
+    rows: (x - mean) / (std + eps), mean and unbiased std over *all counted tokens of the
+    group*. Uncounted positions give 0 and never enter the statistics; a group with fewer
+    than two counted tokens has std 0 (no NaN)."""
+    n, T = x.shape
+    if group_size < 1 or n % group_size != 0:
+        raise ValueError(f"{n} rows do not split into groups of {group_size}")
+    m = mask.to(x.dtype)  # (N, T)
+    g_x = torch.where(m != 0, x, 0.0).reshape(n // group_size, group_size * T)  # (G, k*T)
+    g_m = m.reshape(n // group_size, group_size * T)  # (G, k*T)
+    cnt = g_m.sum(-1, keepdim=True)  # (G, 1)
+    mean = _safe_div(g_x.sum(-1, keepdim=True), cnt)  # (G, 1)
+    var = _safe_div((((g_x - mean) * g_m) ** 2).sum(-1, keepdim=True), cnt - 1)  # (G, 1)
+    out = torch.where(g_m != 0, (g_x - mean) / (var.clamp_min(0).sqrt() + eps), 0.0)  # (G, k*T)
+    return out.reshape(n, T)
+
+
+def process_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0, eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO with process supervision (DeepSeekMath §4.1.3) on per-token rewards ``[N, T]``.
+
+    Rows come in consecutive groups of ``group_size`` (the answers to one prompt). Within a
+    group, every counted token's reward is normalised by the mean and (unbiased) std over *all
+    counted tokens of the group* (``group_token_standardize``); the advantage of token t is the
+    return-to-go of the normalised rewards, ``reward_to_go(r~, mask, gamma)``. Uncounted
+    positions get 0; a group with no counted token gives 0.
+    """
+    return reward_to_go(group_token_standardize(rewards, mask, group_size, eps), mask, gamma)  # (N, T)
+
+
+def floored_log_probs(logits: torch.Tensor, floor: float) -> torch.Tensor:
+    """log((1 - floor) * softmax(logits) + floor / V) over the last dim: a probability floor
+    of floor / V on every token (constrained_mdp_distillation.md Appendix A: "enforcing
+    overlapping support ... using a probability floor"), so KL(student || teacher) stays finite
+    (at most log(V / floor)) where the teacher gives a token (almost) no mass. ``floor = 0``
+    returns plain log-probabilities. The result is a normalised log-distribution, so it can be
+    passed as logits to any divergence here."""
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
+    logp = F.log_softmax(logits, dim=-1)  # (..., V)
+    if floor == 0.0:
+        return logp
+    V = logits.shape[-1]
+    return _log_mix(logp, torch.full_like(logp, -math.log(V)), 1.0 - floor)  # (..., V)
 
 
 # ----------------------------------------------------------------------------------------
@@ -662,6 +733,7 @@ def chunked_divergence(
     chunk_size: int = 1024,
     vocab_limit: int | None = None,
     alpha: float = 0.1,
+    teacher_floor: float = 0.0,
 ) -> torch.Tensor:
     """Per-token divergence ``[B, T]`` from final hidden states, without ``[B, T, V]`` logits.
 
@@ -669,7 +741,9 @@ def chunked_divergence(
     ``[Vs, Hs]`` and ``[Vt, Ht]``. Equals ``<kind>(h_s @ W_s.T, h_t @ W_t.T, ...)`` at counted
     positions and is 0 at uncounted ones (which are skipped, so padding costs nothing;
     ``mask=None`` counts all). ``kind``: reverse_kl, forward_kl, generalized_jsd (``beta``),
-    skew_kl / skew_reverse_kl (``alpha``). ``vocab_limit`` restricts both distributions to the
+    skew_kl / skew_reverse_kl (``alpha``). ``teacher_floor`` > 0 replaces the teacher's
+    distribution by ``floored_log_probs(teacher_logits / temperature, teacher_floor)``.
+    ``vocab_limit`` restricts both distributions to the
     first ``vocab_limit`` rows (the shared vocabulary when the teacher has padding rows);
     without it the two vocabularies must be equal.
 
@@ -703,6 +777,8 @@ def chunked_divergence(
 
     def fn(student_logits, i):  # (c, V), (c,) -> (c,)
         teacher_logits = _project(ht.index_select(0, i), wt)  # (c, V), no grad
+        if teacher_floor:
+            teacher_logits = floored_log_probs(teacher_logits / temperature, teacher_floor) * temperature
         return divergence(student_logits, teacher_logits, temperature, beta, alpha)
 
     idx = _valid_positions(mask, B * T, student_hidden.device)  # (n_valid,)

@@ -698,3 +698,92 @@ def test_chunked_sampled_token_logprobs_equals_plain(chunk_size, temperature):
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(g1, g2))
     masked = L.chunked_sampled_token_logprobs(hs, ws, ids, temperature, chunk_size, mask=mask)
     assert torch.allclose(masked, plain.detach() * mask, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# CMDP slack, process advantages, probability floor
+# ----------------------------------------------------------------------------------------
+
+
+def ref_slack(kl, m, budget, mode):
+    out = []
+    for b in range(len(kl)):
+        n = sum(m[b])
+        D = budget * n if mode == "length_normalized" else budget
+        spent, row = 0.0, []
+        for t in range(len(kl[b])):
+            if m[b][t]:
+                row.append(D - spent)
+                spent += kl[b][t]
+            else:
+                row.append(math.inf)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["length_normalized", "sum"])
+def test_cmdp_budget_slack_matches_reference_and_drives_violations(mode):
+    task, kl, mask = _cmdp_inputs()
+    got = L.cmdp_budget_slack(kl, mask, 0.35, mode)
+    want = torch.tensor(ref_slack(kl.tolist(), mask.tolist(), 0.35, mode), dtype=F64)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    fin = torch.isfinite(want)
+    assert torch.allclose(got[fin], want[fin], atol=1e-12)
+    _, vio = L.cmdp_token_rewards(task, kl, mask, 0.35, 20.0, mode)
+    assert vio.tolist() == ((got < 0) & mask.bool()).tolist()
+
+
+def ref_process_advantages(r, m, k, gamma, eps):
+    out = [[0.0] * len(row) for row in r]
+    for g0 in range(0, len(r), k):
+        vals = [r[b][t] for b in range(g0, g0 + k) for t in range(len(r[b])) if m[b][t]]
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        norm = [[(r[b][t] - mean) / (std + eps) if m[b][t] else 0.0 for t in range(len(r[b]))]
+                for b in range(g0, g0 + k)]
+        rtg = ref_reward_to_go(norm, [m[b] for b in range(g0, g0 + k)], gamma)
+        for i, b in enumerate(range(g0, g0 + k)):
+            out[b] = rtg[i]
+    return out
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_process_advantages_matches_reference(gamma):
+    r = _randn(6, 5, seed=21)
+    m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 1, 0, 1],
+                      [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    got = L.process_advantages(r, m, group_size=2, gamma=gamma)
+    want = ref_process_advantages(r.tolist(), m.tolist(), 2, gamma, 1e-4)
+    assert torch.allclose(got, torch.tensor(want, dtype=F64), atol=1e-12)
+    assert torch.isfinite(got).all()  # a group with one token (std 0) and an empty group: no NaN
+    assert (got[~m.bool()] == 0).all()
+
+
+def test_process_advantages_padding_values_cannot_leak():
+    r = _randn(4, 6, seed=22)
+    m = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    noisy = torch.where(m.bool(), r, torch.tensor(float("nan"), dtype=F64))
+    assert torch.allclose(L.process_advantages(noisy, m, 2), L.process_advantages(r, m, 2), atol=0)
+
+
+def test_floored_log_probs_bounds_kl_and_limits():
+    V = 7
+    s = _randn(3, V, seed=23)
+    t = _randn(3, V, seed=24)
+    t[:, 0] = -1e4  # the teacher gives token 0 no mass
+    assert torch.allclose(L.floored_log_probs(t, 0.0), torch.log_softmax(t, -1))
+    for floor in (1e-3, 0.1, 0.5):
+        lp = L.floored_log_probs(t, floor)
+        want = torch.log((1 - floor) * torch.softmax(t, -1) + floor / V)
+        assert torch.allclose(lp, want, atol=1e-12)
+        assert torch.allclose(lp.exp().sum(-1), torch.ones(3, dtype=F64))
+        kl = L.reverse_kl(s, lp)
+        assert (kl <= math.log(V / floor) + 1e-9).all()
+    s_peaked = s.clone()
+    s_peaked[:, 0] = 50.0  # the student puts all its mass where the teacher has none
+    assert L.reverse_kl(s_peaked, t).min() > 1e3
+    assert L.reverse_kl(s_peaked, L.floored_log_probs(t, 1e-3)).max() <= math.log(V / 1e-3) + 1e-9
+    with pytest.raises(ValueError):
+        L.floored_log_probs(t, 1.0)

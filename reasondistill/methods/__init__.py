@@ -6,7 +6,7 @@ Every method module has a ``Config`` dataclass, ``prepare(ctx, examples)`` and
 
 import importlib
 
-METHODS = ("sft", "kd", "gkd", "grpo")
+METHODS = ("sft", "kd", "gkd", "grpo", "cmdp", "gkd_rl", "gkd_grpo", "minillm")
 
 
 def get_method(name: str):

@@ -1,0 +1,35 @@
+"""GKD baseline of constrained_mdp_distillation.md §4.1: on-policy reverse-KL distillation as RL.
+
+"A distillation-only baseline whose objective is to minimize the reverse KL divergence
+D_KL(pi_theta || mu), treating the negative per-step KL as an intrinsic reward. We use GRPO rather
+than the REINFORCE-style update of Agarwal et al. (2024) for consistency." Per generated token
+r_t = -C_t = -KL(pi_theta(.|s_t) || mu(.|s_t)) over the full vocabulary (teacher floored), the task
+reward is ignored; advantages and the clipped update are the shared ones of ``onpolicy.py``
+(process advantages by default). This is tinker-cookbook's "on-policy distillation = reverse KL
+as per-token advantage", with the full-vocabulary KL instead of the sampled-token estimate.
+
+Not to be confused with ``gkd`` (TRL's GKDTrainer semantics: the divergence itself is the loss).
+
+    reasondistill train gkd_rl num_generations=8 learning_rate=1e-5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, prepare, required_fields, rl_loss  # noqa: F401
+
+
+@dataclass
+class Config(OnPolicyConfig):
+    pass
+
+
+def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
+    return torch.where(mask.bool(), -out["step_kl"], 0.0), {}
+
+
+def loss(ctx, micro: dict, totals: dict):
+    return rl_loss(ctx, micro, totals, token_rewards)
