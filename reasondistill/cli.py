@@ -4,6 +4,7 @@
     reasondistill train METHOD [--config FILE.yaml] [key=value ...]     (--list-keys shows every key)
     reasondistill eval --model PATH (--benchmark NAME | --data FILE --question-field F --answer-field G)
                        [--limit N] [--samples K] [--teacher PATH --kl-budget D]
+    reasondistill eval pairwise --a A/eval_examples.jsonl --b B/eval_examples.jsonl [--judge rule|URL|PATH]
     reasondistill task build [--out DIR] [--teacher-steps N] [--student-steps N]
 """
 
@@ -44,6 +45,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    if args.mode == "pairwise":
+        return _cmd_eval_pairwise(args)
+    if not args.model:
+        raise SystemExit("eval: --model is required")
     import torch
 
     from .data.benchmarks import load_benchmark, load_jsonl
@@ -88,6 +93,29 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_eval_pairwise(args) -> int:
+    from pathlib import Path
+
+    from .eval.pairwise import compare_pair, load_template, make_judge, read_rows
+
+    if not (args.a and args.b):
+        raise SystemExit("eval pairwise: give --a and --b (per-example JSONL files written by `reasondistill eval`)")
+    judge = make_judge(args.judge, model=args.judge_model) if args.judge.startswith(("http://", "https://", "rule")) \
+        else make_judge(args.judge, device="cuda" if args.device == "cuda" else "cpu")
+    summary, records = compare_pair(judge, read_rows(args.a), read_rows(args.b), load_template(args.judge_template))
+    summary.update({"a": args.a, "b": args.b})
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pairwise_verdicts.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    (out / "pairwise_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    if summary["unparseable_verdicts"]:
+        print(f"note: {summary['unparseable_verdicts']} verdicts could not be parsed (counted, not fatal)", file=sys.stderr)
+    return 0
+
+
 def _cmd_task(args) -> int:
     from .tasks.build import build_assets
 
@@ -116,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a model on a benchmark (accuracy, and KL to a teacher)")
-    e.add_argument("--model", required=True, help="model folder, hub name or embedded:student")
+    e = sub.add_parser("eval", help="evaluate a model on a benchmark (accuracy, and KL to a teacher); "
+                                    "`eval pairwise` judges two answer sets (RWR / RLR)")
+    e.add_argument("mode", nargs="?", default="math", choices=["math", "pairwise"],
+                   help="math (default): accuracy, KL, CS; pairwise: reasoning judge on two eval outputs")
+    e.add_argument("--model", default=None, help="model folder, hub name or embedded:student")
     e.add_argument("--benchmark", default=None, help="gsm8k, math500, ..., or arith (embedded test split)")
     e.add_argument("--data", default=None, help="any JSONL file")
     e.add_argument("--question-field", default=None)
@@ -135,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--output-dir", default="runs/eval")
+    e.add_argument("--a", default=None, help="pairwise: the first model's eval_examples.jsonl")
+    e.add_argument("--b", default=None, help="pairwise: the second model's eval_examples.jsonl")
+    e.add_argument("--judge", default="rule", help="pairwise: rule (embedded task step checker), "
+                   "http(s)://HOST:PORT/v1 (OpenAI-compatible; key from $OPENAI_API_KEY), or a local model")
+    e.add_argument("--judge-model", default=None, help="pairwise: model name at the endpoint")
+    e.add_argument("--judge-template", default=None, help="pairwise: prompt template file (default: packaged)")
     e.set_defaults(func=_cmd_eval)
 
     k = sub.add_parser("task", help="the embedded task: `task build` trains its teacher and student")

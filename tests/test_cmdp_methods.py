@@ -246,15 +246,17 @@ def test_cmdp_micro_batches_sum_to_the_full_batch(tokenizer, acc, student, teach
 # --------------------------------------------------------------------------------------
 # the baselines
 # --------------------------------------------------------------------------------------
-def test_gkd_rl_reward_is_minus_step_kl(tokenizer, acc, student, teacher, examples):
+@pytest.mark.parametrize("kl_reward", ["sampled", "full"])
+def test_gkd_rl_reward_is_minus_the_kl(tokenizer, acc, student, teacher, examples, kl_reward):
     model = copy.deepcopy(student)
-    ctx = make_ctx("gkd_rl", tokenizer, acc, model, teacher, teacher_prob_floor=0.0)
+    ctx = make_ctx("gkd_rl", tokenizer, acc, model, teacher, teacher_prob_floor=0.0, kl_reward=kl_reward)
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
     loss, _ = gkd_rl.loss(ctx, micro, {"tokens": float(micro["num_tokens"]), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
     steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]))
-    adv = ref_process_adv([(-kl).tolist() for _, kl, _ in steps], 2)
+    rew = [((tlp - lp.detach()) if kl_reward == "sampled" else -kl).tolist() for lp, kl, tlp in steps]
+    adv = ref_process_adv(rew, 2)
     n = micro["num_tokens"]
     ref = sum((-torch.tensor(a, dtype=torch.float64) * torch.exp(lp - lp.detach())).sum()
               for (lp, _, _), a in zip(steps, adv)) / n
@@ -272,8 +274,8 @@ def test_gkd_grpo_reward_is_task_minus_lambda_kl(tokenizer, acc, student, teache
     loss.backward()
     m64 = f64(student)
     steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]))
-    rew = [[(R if t == len(kl) - 1 else 0.0) - lmbda * k for t, k in enumerate(kl.tolist())]
-           for (_, kl, _), R in zip(steps, [1, 0, 0, 1])]
+    rew = [[(R if t == len(lp) - 1 else 0.0) + lmbda * k for t, k in enumerate((tlp - lp.detach()).tolist())]
+           for (lp, _, tlp), R in zip(steps, [1, 0, 0, 1])]
     adv = ref_process_adv(rew, 2)
     ref = sum((-torch.tensor(a, dtype=torch.float64) * torch.exp(lp - lp.detach())).sum()
               for (lp, _, _), a in zip(steps, adv)) / micro["num_tokens"]

@@ -1,8 +1,9 @@
 """GKD-GRPO baseline of constrained_mdp_distillation.md §4.1: the Lagrangian relaxation of eq. (1).
 
 max E[R - lambda D(pi, mu)] with a fixed multiplier: per generated token
-r_t = R 1{t = last} - lmbda * C_t, C_t = KL(pi_theta(.|s_t) || mu(.|s_t)) (full vocabulary,
-teacher floored), with the shared advantages and clipped update of ``onpolicy.py``. The paper
+r_t = R 1{t = last} + lmbda * (log mu(a_t|s_t) - log pi_theta(a_t|s_t)), the KL part being gkd_rl's
+reward (the sampled-token estimate of -KL(pi_theta || mu) at s_t; ``kl_reward=full`` for the exact
+full-vocabulary -C_t), with the shared advantages and clipped update of ``onpolicy.py``. The paper
 sweeps lambda in {0.001, 0.01, 0.1, 1, 10} (``reasondistill compare`` does, see
 ``report/compare.py``); ``lmbda=0`` is the pure-reward GRPO baseline on the same machinery
 (with ``advantage=sequence`` it is exactly ``grpo`` with ``scale_rewards=group``: tested).
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, at_last_token, prepare, required_fields, rl_loss  # noqa: F401
+from .onpolicy import (NEEDS_TEACHER, OnPolicyConfig, at_last_token, kl_reward, prepare,  # noqa: F401
+                       required_fields, rl_loss)
 
 
 @dataclass
@@ -31,9 +33,8 @@ class Config(OnPolicyConfig):
 
 
 def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
-    kl = out["step_kl"]  # (N, C)
-    task = at_last_token(micro["task_reward"], mask).to(kl.dtype)  # (N, C) R at the last token
-    return torch.where(mask.bool(), task - ctx.cfg.lmbda * kl, 0.0), {}
+    task = at_last_token(micro["task_reward"], mask).to(out["logp"].dtype)  # (N, C) R at the last token
+    return torch.where(mask.bool(), task + ctx.cfg.lmbda * kl_reward(ctx.cfg, out, mask), 0.0), {}
 
 
 def loss(ctx, micro: dict, totals: dict):

@@ -3,10 +3,12 @@
 "A distillation-only baseline whose objective is to minimize the reverse KL divergence
 D_KL(pi_theta || mu), treating the negative per-step KL as an intrinsic reward. We use GRPO rather
 than the REINFORCE-style update of Agarwal et al. (2024) for consistency." Per generated token
-r_t = -C_t = -KL(pi_theta(.|s_t) || mu(.|s_t)) over the full vocabulary (teacher floored), the task
-reward is ignored; advantages and the clipped update are the shared ones of ``onpolicy.py``
-(process advantages by default). This is tinker-cookbook's "on-policy distillation = reverse KL
-as per-token advantage", with the full-vocabulary KL instead of the sampled-token estimate.
+r_t = log mu(a_t|s_t) - log pi_theta(a_t|s_t), the sampled-token estimate of -KL(pi_theta || mu)
+at s_t (teacher floored; ``kl_reward=full`` uses the exact full-vocabulary -C_t, a state-only
+reward whose policy gradient misses the direct term: see ``onpolicy.py``); the task reward is
+ignored; advantages and the clipped update are the shared ones of ``onpolicy.py`` (process
+advantages by default). This is tinker-cookbook's "on-policy distillation = reverse KL as
+per-token advantage".
 
 Not to be confused with ``gkd`` (TRL's GKDTrainer semantics: the divergence itself is the loss).
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, prepare, required_fields, rl_loss  # noqa: F401
+from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, kl_reward, prepare, required_fields, rl_loss  # noqa: F401
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Config(OnPolicyConfig):
 
 
 def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
-    return torch.where(mask.bool(), -out["step_kl"], 0.0), {}
+    return kl_reward(ctx.cfg, out, mask), {}
 
 
 def loss(ctx, micro: dict, totals: dict):

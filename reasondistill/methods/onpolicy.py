@@ -16,8 +16,12 @@ extra term). Per optimizer step, identically for every method:
    (FIELD_NOTES: one temperature for sampling and loss; at the default 1.0 this is exactly the
    KL that ``reasondistill eval --teacher`` reports).
 3. The method's ``token_rewards`` turns (task reward, detached C_t, ...) into r_t ``(N, C)``;
-   for the first ``bootstrap_steps`` steps every method uses r_t = -C_t instead (KL-only
-   bootstrap, Appendix D.4: "even with GRPO lambda = 0").
+   for the first ``bootstrap_steps`` steps every method uses gkd_rl's KL-only reward instead
+   (Appendix D.4: "even with GRPO lambda = 0"). A KL used as a *reward* is by default the
+   sampled-token log-ratio log mu(a_t) - log pi(a_t) (``kl_reward``): the full-vocabulary C_t
+   depends on the state only, so its score-function gradient misses the direct dependence of
+   the KL on theta (the term that CMDP adds explicitly as term (II)); with it, gkd_rl's KL
+   rose from 0.61 to 2.6 in 120 steps on the embedded task instead of falling.
 4. Advantages: ``process`` (rewards normalised over all counted tokens of the group, then
    reward-to-go with ``gamma``: ``losses.process_advantages``) or ``sequence`` (each row's summed
    reward through ``losses.group_advantages``, broadcast over its tokens).
@@ -72,7 +76,12 @@ class OnPolicyConfig(TrainConfig):
     """Mass floor/V given to every token of the teacher's distribution in the step KL, so it
     stays finite (Appendix A's probability floor); 0 disables."""
     bootstrap_steps: int = 0
-    """First N optimizer steps use the KL-only reward r_t = -C_t for every method (Appendix D.4)."""
+    """First N optimizer steps use the KL-only reward of gkd_rl for every method (Appendix D.4)."""
+    kl_reward: str = "sampled"
+    """How a KL *reward* (gkd_rl, gkd_grpo, the bootstrap) estimates -C_t: ``sampled``, the
+    log-ratio of the sampled token log mu(a_t) - log pi(a_t) (unbiased, and its score function
+    carries the direct gradient of the KL); ``full``, minus the full-vocabulary C_t, a state-only
+    reward whose policy gradient misses the direct term (measured: the KL *rose*)."""
     loss_chunk_size: int = 0
     """>0: step KL and log-probs from hidden states this many tokens at a time (real vocabularies)."""
 
@@ -87,6 +96,8 @@ class OnPolicyConfig(TrainConfig):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.teacher_prob_floor < 1.0:
             raise ValueError(f"teacher_prob_floor must be in [0, 1), got {self.teacher_prob_floor}")
+        if self.kl_reward not in ("sampled", "full"):
+            raise ValueError(f"kl_reward must be sampled or full, got {self.kl_reward!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -110,6 +121,12 @@ def at_last_token(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(m.shape[1], device=m.device).expand_as(m)  # (N, C)
     last = torch.where(m, pos, -1).max(-1, keepdim=True).values  # (N, 1)
     return torch.where((pos == last) & m, values.to(torch.float32).reshape(-1, 1).to(m.device), 0.0)
+
+
+def kl_reward(cfg, out: dict, mask: torch.Tensor) -> torch.Tensor:
+    """(N, C) per-token estimate of -C_t (see ``kl_reward`` in the config), 0 at padding."""
+    r = out["teacher_logp"] - out["logp"] if cfg.kl_reward == "sampled" else -out["step_kl"]
+    return torch.where(mask.bool(), r, 0.0)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, cfg, totals: dict) -> torch.Tensor:
@@ -144,7 +161,7 @@ def rl_loss(ctx, micro: dict, totals: dict, token_rewards, extra_loss=None, adva
     m = mask.bool()
     bootstrap = ctx.step < cfg.bootstrap_steps
     if bootstrap:  # every method is gkd_rl here: same reward, same advantages, no extra term
-        rewards, metrics = torch.where(m, -det["step_kl"], 0.0), {}
+        rewards, metrics = kl_reward(cfg, det, mask), {}
         adv = advantages(cfg, rewards, mask)
     else:
         rewards, metrics = token_rewards(ctx, micro, det, mask)

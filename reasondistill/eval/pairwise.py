@@ -1,0 +1,245 @@
+"""Pairwise reasoning judge: reasoning win / loss rates (RWR / RLR) of constrained_mdp_distillation.md §4.1.
+
+"To assess the logical validity of the reasoning path beyond the final answer, we use an
+LLM-as-a-Judge ... to perform pairwise comparisons between generated solutions. The judge is
+provided with the correct final answer to isolate its evaluation to the reasoning process."
+
+For two sets of answers to the same questions (the per-example JSONL that ``reasondistill
+eval`` writes, matched by ``id`` and ``sample``), the judge sees the question, the correct
+answer and both solutions, rendered with a template file (``templates/pairwise_reasoning.txt``
+by default; placeholders ``{question}``, ``{answer}``, ``{solution_a}``, ``{solution_b}``), **in
+both orders**, and must end with ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). Each order scores the
+first model 1 / 0.5 / 0 (win / tie / loss); a question's score is the mean of its parseable
+orders, so a judge that always says "A" gives a tie, not a win. A question with score > 0.5
+is a win, < 0.5 a loss, = 0.5 a tie. Verdicts that cannot be parsed (or judge calls that fail)
+are counted and reported, never raised; a question with no parseable order is left out of the
+rates and counted as ``unjudged``.
+
+Judges (``make_judge(spec)``):
+- ``rule``: for the embedded arithmetic task, a step checker (``tasks.arith``): a solution is
+  *sound* when every ``a±b=c`` line is true, it has at least one, and its boxed answer is the
+  correct one; the sounder solution wins (then the larger share of true lines), so the metric
+  means something on a CPU;
+- ``http(s)://HOST:PORT/v1`` (with ``model=``): any OpenAI-compatible endpoint
+  (``api/client.py``: retries, rate limits);
+- anything else: a local Hugging Face model folder or hub name (``embedded:teacher`` works),
+  greedy decoding through ``rollout.generate``.
+
+The matrix over several models (``pairwise_matrix``) gives W[i][j] = share of questions where
+i's reasoning beat j's; RWR_i is the mean of row i over the other models and RLR_i the mean of
+column i (the paper's Figure 4: "averaging over columns gives RWR and over rows RLR").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+VERDICTS = ("A", "B", "C")
+DEFAULT_TEMPLATE = "pairwise_reasoning.txt"
+_BRACKET = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+_WORDS = re.compile(r"verdict\s*[:\-]?\s*(?:response\s*)?\(?([AB])\)?\s*(?:wins|is better)?\b|verdict\s*[:\-]?\s*(tie)\b",
+                    re.IGNORECASE)
+
+
+def load_template(path: str | Path | None = None) -> str:
+    """The judge prompt template: a file path, or the packaged default."""
+    if path is None:
+        text = resources.files("reasondistill").joinpath("templates", DEFAULT_TEMPLATE).read_text()
+    else:
+        text = Path(path).read_text()
+    missing = [k for k in ("{question}", "{answer}", "{solution_a}", "{solution_b}") if k not in text]
+    if missing:
+        raise ValueError(f"judge template {path or DEFAULT_TEMPLATE} lacks the placeholders {missing}")
+    return text
+
+
+def render(template: str, question: str, answer, solution_a: str, solution_b: str) -> str:
+    """Fill the placeholders literally (solutions contain braces, so no str.format)."""
+    out = template
+    for k, v in (("{question}", question), ("{answer}", str(answer)), ("{solution_a}", solution_a),
+                 ("{solution_b}", solution_b)):
+        out = out.replace(k, v)
+    return out
+
+
+def parse_verdict(text) -> str | None:
+    """The last ``[[A]]``/``[[B]]``/``[[C]]`` in ``text`` (or "Verdict: A wins" / "Verdict: tie");
+    None when there is none or ``text`` is not a string (a failed call)."""
+    if not isinstance(text, str):
+        return None
+    found = _BRACKET.findall(text)
+    if found:
+        return found[-1]
+    words = _WORDS.findall(text)
+    if words:
+        letter, tie = words[-1]
+        return "C" if tie else letter.upper()
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# judges: judge(prompts: list[str], items: list[dict]) -> list[str | Exception]
+# --------------------------------------------------------------------------------------
+class RuleJudge:
+    """Step checker for the embedded arithmetic task (no model)."""
+
+    name = "rule"
+
+    @staticmethod
+    def soundness(question: str, solution: str, answer) -> tuple[int, float]:
+        from ..rewards import is_correct
+        from ..tasks.arith import check_solution_steps
+
+        steps = check_solution_steps(question, solution)
+        share = sum(steps) / len(steps) if steps else 0.0
+        sound = bool(steps) and all(steps) and is_correct(solution, answer)
+        return int(sound), share
+
+    def __call__(self, prompts: list[str], items: list[dict]) -> list[str]:
+        out = []
+        for it in items:
+            a = self.soundness(it["question"], it["solution_a"], it["answer"])
+            b = self.soundness(it["question"], it["solution_b"], it["answer"])
+            v = "A" if a > b else "B" if b > a else "C"
+            out.append(f"A: sound={a[0]}, true steps {a[1]:.0%}; B: sound={b[0]}, true steps {b[1]:.0%}.\n[[{v}]]")
+        return out
+
+
+class APIJudge:
+    """Any OpenAI-compatible chat endpoint."""
+
+    def __init__(self, base_url: str, model: str, workers: int = 4, max_tokens: int = 1024, **client_kw):
+        from ..api.client import ChatClient
+
+        self.client = ChatClient(base_url, model, **client_kw)
+        self.workers, self.max_tokens = workers, max_tokens
+        self.name = f"{model}@{base_url}"
+
+    def __call__(self, prompts: list[str], items: list[dict]) -> list:
+        msgs = [[{"role": "user", "content": p}] for p in prompts]
+        return self.client.map_chat(msgs, workers=self.workers, temperature=0.0, max_tokens=self.max_tokens)
+
+
+class HFJudge:
+    """A local Hugging Face causal LM, greedy, through ``rollout.generate``."""
+
+    def __init__(self, path: str, max_new_tokens: int = 256, batch_size: int = 16, device: str = "cpu"):
+        from ..engine import resolve_model
+        from ..models import load_model, load_tokenizer
+
+        p = resolve_model(path)
+        self.model, self.tokenizer = load_model(p, device=device), load_tokenizer(p)
+        self.max_new_tokens, self.batch_size, self.name = max_new_tokens, batch_size, path
+
+    def __call__(self, prompts: list[str], items: list[dict]) -> list[str]:
+        from ..models import render_prompt
+        from ..rollout import generate
+
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = [render_prompt(self.tokenizer, p) for p in prompts[i: i + self.batch_size]]
+            roll = generate(self.model, self.tokenizer, chunk, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out += roll.texts(self.tokenizer)
+        return out
+
+
+def make_judge(spec: str, model: str | None = None, **kw):
+    """``rule``, an ``http(s)://.../v1`` endpoint (needs ``model``), or a local model path/name."""
+    if spec == "rule":
+        return RuleJudge()
+    if spec.startswith(("http://", "https://")):
+        if not model:
+            raise ValueError("an endpoint judge needs the model name (--judge-model)")
+        return APIJudge(spec, model, **kw)
+    return HFJudge(spec, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# comparisons
+# --------------------------------------------------------------------------------------
+def _key(row: dict) -> tuple:
+    return (str(row.get("id")), int(row.get("sample", 0)))
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def compare_pair(judge, rows_a: list[dict], rows_b: list[dict], template: str | None = None) -> tuple[dict, list[dict]]:
+    """Judge A's vs B's answers to the same questions in both orders; (summary, per-question records).
+
+    Rows need ``id``, ``question``, ``gold`` and ``output`` (the eval's per-example JSONL)."""
+    template = template or load_template()
+    by_b = {_key(r): r for r in rows_b}
+    pairs = [(a, by_b[_key(a)]) for a in rows_a if _key(a) in by_b]
+    if not pairs:
+        raise ValueError("the two answer sets share no (id, sample): were they evaluated on the same questions?")
+    items, prompts = [], []
+    for a, b in pairs:
+        for first, second in ((a, b), (b, a)):
+            it = {"question": a["question"], "answer": a["gold"], "solution_a": first["output"],
+                  "solution_b": second["output"]}
+            items.append(it)
+            prompts.append(render(template, it["question"], it["answer"], it["solution_a"], it["solution_b"]))
+    raw = judge(prompts, items)
+    records, wins, losses, ties, unparseable, unjudged = [], 0, 0, 0, 0, 0
+    for k, (a, _) in enumerate(pairs):
+        v1, v2 = parse_verdict(raw[2 * k]), parse_verdict(raw[2 * k + 1])
+        scores = []
+        if v1 is not None:
+            scores.append({"A": 1.0, "B": 0.0, "C": 0.5}[v1])
+        if v2 is not None:  # second order: B is model A
+            scores.append({"A": 0.0, "B": 1.0, "C": 0.5}[v2])
+        unparseable += (v1 is None) + (v2 is None)
+        score = sum(scores) / len(scores) if scores else None
+        if score is None:
+            unjudged += 1
+        elif score > 0.5:
+            wins += 1
+        elif score < 0.5:
+            losses += 1
+        else:
+            ties += 1
+        records.append({"id": a.get("id"), "sample": a.get("sample", 0), "verdict_ab": v1, "verdict_ba": v2,
+                        "score_a": score, "judge_ab": _text(raw[2 * k]), "judge_ba": _text(raw[2 * k + 1])})
+    judged = wins + losses + ties
+    summary = {"questions": len(pairs), "judged": judged, "wins": wins, "losses": losses, "ties": ties,
+               "win_rate": wins / judged if judged else 0.0, "loss_rate": losses / judged if judged else 0.0,
+               "tie_rate": ties / judged if judged else 0.0, "unparseable_verdicts": unparseable,
+               "unjudged": unjudged, "judge": getattr(judge, "name", type(judge).__name__)}
+    return summary, records
+
+
+def _text(x) -> str:
+    return x if isinstance(x, str) else f"<judge call failed: {x}>"
+
+
+def pairwise_matrix(judge, answers: dict[str, list[dict]], template: str | None = None) -> dict:
+    """Every ordered pair of models: ``win[i][j]`` (i beat j), RWR / RLR per model, unparseable count."""
+    names = list(answers)
+    win = {i: {j: None for j in names} for i in names}
+    unparseable = 0
+    for x, i in enumerate(names):
+        for j in names[x + 1:]:
+            s, _ = compare_pair(judge, answers[i], answers[j], template)
+            win[i][j], win[j][i] = s["win_rate"], s["loss_rate"]
+            unparseable += s["unparseable_verdicts"]
+    rwr = {i: _mean([win[i][j] for j in names if j != i]) for i in names}
+    rlr = {i: _mean([win[j][i] for j in names if j != i]) for i in names}
+    return {"models": names, "win": win, "rwr": rwr, "rlr": rlr, "unparseable_verdicts": unparseable}
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
