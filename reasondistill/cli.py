@@ -5,6 +5,7 @@
     reasondistill eval --model PATH (--benchmark NAME | --data FILE --question-field F --answer-field G)
                        [--limit N] [--samples K] [--teacher PATH --kl-budget D]
     reasondistill eval pairwise --a A/eval_examples.jsonl --b B/eval_examples.jsonl [--judge rule|URL|PATH]
+    reasondistill compare CONFIG.yaml
     reasondistill task build [--out DIR] [--teacher-steps N] [--student-steps N]
 """
 
@@ -51,19 +52,15 @@ def _cmd_eval(args) -> int:
         raise SystemExit("eval: --model is required")
     import torch
 
-    from .data.benchmarks import load_benchmark, load_jsonl
+    from .data.benchmarks import load_jsonl
     from .engine import resolve_model
-    from .eval.math_eval import evaluate, write_results
+    from .eval.math_eval import eval_records, evaluate, write_results
     from .models import assert_compatible, load_model, load_tokenizer
 
     if bool(args.benchmark) == bool(args.data):
         raise SystemExit("eval: give exactly one of --benchmark NAME or --data FILE")
-    if args.benchmark == "arith":
-        from .tasks import arith
-
-        records = arith.generate("test", args.limit or 400, seed=args.seed)
-    elif args.benchmark:
-        records = load_benchmark(args.benchmark, args.data_dir, limit=args.limit)
+    if args.benchmark:
+        records = eval_records(args.benchmark, args.data_dir, limit=args.limit, seed=args.seed)
     else:
         if not args.question_field or not args.answer_field:
             raise SystemExit("eval --data needs --question-field and --answer-field")
@@ -113,6 +110,13 @@ def _cmd_eval_pairwise(args) -> int:
     print(json.dumps(summary, indent=2))
     if summary["unparseable_verdicts"]:
         print(f"note: {summary['unparseable_verdicts']} verdicts could not be parsed (counted, not fatal)", file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .report.compare import run_compare
+
+    run_compare(args.config, progress=not args.no_progress)
     return 0
 
 
@@ -173,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-model", default=None, help="pairwise: model name at the endpoint")
     e.add_argument("--judge-template", default=None, help="pairwise: prompt template file (default: packaged)")
     e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("compare", help="train several methods on one setup, evaluate, judge, and write the "
+                                       "Table-1-style report with Pareto, radar and pairwise plots")
+    c.add_argument("config", help="compare YAML (see reasondistill/report/compare.py and configs/)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_compare)
 
     k = sub.add_parser("task", help="the embedded task: `task build` trains its teacher and student")
     k.add_argument("action", choices=["build"])

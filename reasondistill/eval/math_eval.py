@@ -47,6 +47,18 @@ def _kl_per_row(model, teacher, roll, shared_vocab: int | None, max_logit_elems:
     return torch.cat(out).cpu()
 
 
+def eval_records(benchmark: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """The records of a benchmark by name: ``arith`` (the embedded task's held-out split, ``limit``
+    problems, default 400, drawn with ``seed``) or one of ``data.benchmarks.BENCHMARKS``."""
+    if benchmark == "arith":
+        from ..tasks import arith
+
+        return arith.generate("test", limit or 400, seed=seed)
+    from ..data.benchmarks import load_benchmark
+
+    return load_benchmark(benchmark, data_dir, limit=limit)
+
+
 def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, teacher=None,
              kl_budget: float | None = 0.35, shared_vocab: int | None = None, seed: int = 0,

@@ -71,3 +71,130 @@ def training_curves(metrics: list[dict], out_png: str | Path, keys: list[str] | 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# comparison figures (constrained_mdp_distillation.md Figures 2, 3 and 4)
+# --------------------------------------------------------------------------------------
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points not dominated in (x, y), both to be maximised: no other point is >=
+    on both and > on one."""
+    front = []
+    for n, (x, y) in points.items():
+        if not any((x2 >= x and y2 >= y and (x2 > x or y2 > y)) for m, (x2, y2) in points.items() if m != n):
+            front.append(n)
+    return front
+
+
+def pareto_plot(points: dict[str, tuple[float, float]], out_png: str | Path, xlabel: str = "constraint satisfaction (%)",
+                ylabel: str = "final answer correctness (%)", title: str = "FAC vs constraint satisfaction") -> Path:
+    """Scatter of (x, y) per method; Pareto-optimal points in red and joined (Figure 3)."""
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for n, (x, y) in points.items():
+        on = n in front
+        ax.scatter([x], [y], s=60, color="tab:red" if on else "tab:gray", zorder=3,
+                   edgecolor="black" if on else "none")
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fp = sorted(points[n] for n in front)
+    if len(fp) > 1:
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], color="tab:red", lw=1, ls="--", zorder=2)
+    ax.scatter([], [], color="tab:red", edgecolor="black", label="Pareto front")
+    ax.scatter([], [], color="tab:gray", label="dominated")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    xs = [p[0] for p in points.values()]
+    ys = [p[1] for p in points.values()]
+    ax.set_xlim(min(xs) - 5, max(xs) + 12)
+    ax.set_ylim(min(ys) - 5, max(ys) + 5)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def radar_plot(values: dict[str, dict[str, float]], axes: list[str], out_png: str | Path,
+               title: str = "methods on five metrics (larger is better)") -> Path:
+    """One polygon per method over ``axes`` (values already scaled to [0, 1], larger better; Figure 2)."""
+    import math
+
+    angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
+    fig = plt.figure(figsize=(7.2, 6.4))
+    ax = fig.add_subplot(111, polar=True)
+    cmap = plt.get_cmap("tab10")
+    for k, (name, v) in enumerate(values.items()):
+        ys = [v.get(a, 0.0) or 0.0 for a in axes]
+        ax.plot(angles + angles[:1], ys + ys[:1], color=cmap(k % 10), lw=2 if k == 0 else 1.2, label=name)
+        ax.fill(angles + angles[:1], ys + ys[:1], color=cmap(k % 10), alpha=0.12 if k == 0 else 0.04)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(axes, fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
+    ax.set_yticklabels(["", "0.5", "", "1"], fontsize=7)
+    ax.set_title(title, pad=18)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.05))
+    out = Path(out_png)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # keeps the legend outside the polar axes
+    plt.close(fig)
+    return out
+
+
+def heatmap_plot(names: list[str], win: dict[str, dict[str, float | None]], out_png: str | Path,
+                 title: str = "pairwise reasoning win rate (row beats column, %)") -> Path:
+    """Row-vs-column win rates (Figure 4): the mean of a row over the columns is RWR, of a column
+    over the rows RLR."""
+    import numpy as np
+
+    n = len(names)
+    grid = np.full((n, n), np.nan)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if win[a][b] is not None:
+                grid[i, j] = 100 * win[a][b]
+    fig, ax = plt.subplots(figsize=(1.0 * n + 3.0, 0.8 * n + 2.2))
+    im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=100)
+    for i in range(n):
+        for j in range(n):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] > 60 else "black")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def dynamics_plot(runs: dict[str, list[dict]], keys: list[str], out_png: str | Path,
+                  title: str = "training dynamics") -> Path:
+    """One panel per metric key, one smoothed line per run (e.g. kl/row_mean, reward/task_mean, grad_norm)."""
+    keys = [k for k in keys if any(k in m for ms in runs.values() for m in ms)]
+    n = max(1, len(keys))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, key in zip(axes.flat, keys):
+        for k, (name, ms) in enumerate(runs.items()):
+            pts = [(m["step"], m[key]) for m in ms if key in m]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, _smooth(list(ys), max(1, len(ys) // 15)), color=cmap(k % 10), lw=1.5, label=name)
+        ax.set_title(key)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

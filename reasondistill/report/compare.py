@@ -1,0 +1,311 @@
+"""``reasondistill compare CONFIG.yaml``: several methods on one setup, evaluated the same way,
+reported like constrained_mdp_distillation.md Table 1 and Figures 2-4.
+
+The config (YAML)::
+
+    output_dir: runs/compare
+    common:                      # every run gets these (keys a method lacks are skipped for it)
+      student: embedded:student
+      teacher: embedded:teacher
+      max_steps: 150
+      seed: 0                    # the same seed for every run
+    runs:
+      - {name: CMDP, method: cmdp}
+      - {name: "GKD-GRPO λ={lmbda}", method: gkd_grpo, sweep: {lmbda: [0.001, 0.01, 0.1, 1, 10]}}
+    eval:
+      benchmarks: [arith]        # or gsm8k, math500, ... (data_dir: or $REASONDISTILL_DATA_DIR)
+      limit: 400
+      kl_budget: 0.35
+      max_new_tokens: 64
+      judge: rule                # rule | http(s)://HOST:PORT/v1 (judge_model:) | a local model
+      student: true              # add the untrained student's row
+      teacher: true              # add the teacher's row
+
+Steps: train every run (``<output_dir>/runs/<slug>``; a finished run is reused, an interrupted one
+resumes from its last checkpoint); evaluate every model greedily on every benchmark with the
+teacher's per-answer KL and constraint satisfaction at ``kl_budget`` (cached per model and
+benchmark); judge every pair of methods' answers in both orders; write
+
+- ``table.md`` and ``table.csv``: per benchmark FAC, RWR, RLR, KL (+-std), CS; student and teacher rows;
+- ``pareto.png``: FAC vs CS, Pareto points in red (Figure 3);
+- ``radar.png``: FAC, RWR, CS, RLR inverted (1 - RLR) and KL inverted (exp(-KL)), averaged over
+  benchmarks (Figure 2);
+- ``pairwise_heatmap.png``: row-beats-column win rates averaged over benchmarks (Figure 4);
+- ``dynamics.png``: per-run training curves (KL per answer, task reward, gradient norm);
+- ``results.json``: every number above.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError
+
+EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_new_tokens": 64, "batch_size": 64,
+                 "judge": "rule", "judge_model": None, "judge_template": None, "data_dir": None, "seed": 0,
+                 "student": True, "teacher": True}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
+
+
+def load_config(path: str | Path) -> dict:
+    """Parse and check a compare config; runs with a ``sweep`` are expanded (one run per value)."""
+    from ..methods import get_method
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"compare config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    unknown = set(data) - {"output_dir", "common", "runs", "eval"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: output_dir, common, runs, eval")
+    if not data.get("runs"):
+        raise ConfigError(f"{path}: 'runs' must list at least one {{name, method, ...}}")
+    ev = dict(EVAL_DEFAULTS)
+    bad = set(data.get("eval") or {}) - set(EVAL_DEFAULTS)
+    if bad:
+        raise ConfigError(f"{path}: unknown eval keys {sorted(bad)}; valid: {', '.join(EVAL_DEFAULTS)}")
+    ev.update(data.get("eval") or {})
+    runs = []
+    for k, r in enumerate(data["runs"]):
+        where = f"{path}: runs[{k}]"
+        if not isinstance(r, dict) or "method" not in r:
+            raise ConfigError(f"{where}: needs at least 'method' (and usually 'name')")
+        r = dict(r)
+        method = r.pop("method")
+        get_method(method)  # unknown method -> ValueError naming the valid ones
+        name = str(r.pop("name", method))
+        sweep = r.pop("sweep", None) or {}
+        if len(sweep) > 1:
+            raise ConfigError(f"{where}: sweep one key at a time, got {sorted(sweep)}")
+        values = [(None, None)] if not sweep else [(key, v) for key, vs in sweep.items() for v in vs]
+        for key, v in values:
+            over = dict(r)
+            nm = name
+            if key is not None:
+                over[key] = v
+                nm = name.format(**{key: v}) if "{" in name else f"{name} {key}={v}"
+            runs.append({"name": nm, "method": method, "overrides": over})
+    names = [r["name"] for r in runs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{path}: run names must be unique, repeated: {sorted(dup)}")
+    return {"output_dir": data.get("output_dir", "runs/compare"), "common": data.get("common") or {},
+            "runs": runs, "eval": ev, "path": str(path)}
+
+
+def _build_run_config(run: dict, common: dict, out_dir: Path):
+    from ..config import build_config
+    from ..methods import get_method
+
+    method = get_method(run["method"])
+    valid = {f.name for f in fields(method.Config)}
+    over = {k: v for k, v in common.items() if k in valid}  # e.g. num_generations is skipped for sft
+    over.update(run["overrides"])  # run-specific keys must be valid: build_config says which are not
+    over["output_dir"] = str(out_dir)
+    return method, build_config(method.Config, overrides=over)
+
+
+def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
+    """Train every run that has no ``final/`` yet; returns {name: final model folder}."""
+    from ..engine import latest_checkpoint, train
+
+    out = Path(cfg["output_dir"])
+    finals = {}
+    configs = [(r, *_build_run_config(r, cfg["common"], out / "runs" / slug(r["name"]))) for r in cfg["runs"]]
+    for k, (run, method, rc) in enumerate(configs, 1):  # every config is checked before any training
+        run_dir = Path(rc.output_dir)
+        finals[run["name"]] = run_dir / "final"
+        if (run_dir / "final" / "config.json").exists():
+            print(f"[compare] {k}/{len(configs)} {run['name']}: already trained, reusing {run_dir}", file=sys.stderr)
+            continue
+        rc.progress = progress
+        rc.resume = latest_checkpoint(run_dir) is not None
+        rc.save_steps = rc.save_steps or max(1, rc.max_steps // 4)  # an interrupted compare loses little
+        print(f"[compare] {k}/{len(configs)} training {run['name']} ({run['method']})"
+              f"{' (resuming)' if rc.resume else ''} -> {run_dir}", file=sys.stderr, flush=True)
+        train(method, rc)
+    return finals
+
+
+def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, dict]]:
+    """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl."""
+    import torch
+
+    from ..engine import resolve_model
+    from ..eval.math_eval import eval_records, evaluate, write_results
+    from ..models import assert_compatible, load_model, load_tokenizer
+
+    ev, out = cfg["eval"], Path(cfg["output_dir"]) / "eval"
+    teacher_path = resolve_model(cfg["common"].get("teacher", "embedded:teacher"))
+    teacher, t_tok = None, None
+    results: dict[str, dict[str, dict]] = {}
+    for bench in ev["benchmarks"]:
+        records = eval_records(bench, ev["data_dir"], limit=ev["limit"], seed=ev["seed"])
+        for name, path in models.items():
+            d = out / slug(name)
+            summ = d / f"{bench}_summary.json"
+            if summ.exists():
+                results.setdefault(name, {})[bench] = json.loads(summ.read_text())
+                continue
+            if teacher is None:
+                teacher, t_tok = load_model(teacher_path), load_tokenizer(teacher_path)
+            p = resolve_model(str(path))
+            model, tok = load_model(p), load_tokenizer(p)
+            is_teacher = Path(p).resolve() == Path(teacher_path).resolve()
+            shared = None
+            if not is_teacher:
+                shared = assert_compatible(tok, t_tok, model.get_input_embeddings().weight.shape[0],
+                                           teacher.get_input_embeddings().weight.shape[0]).shared_vocab
+            print(f"[compare] evaluating {name} on {bench} ({len(records)} problems)", file=sys.stderr, flush=True)
+            torch.manual_seed(ev["seed"])
+            rows, s = evaluate(model, tok, records, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                               teacher=None if is_teacher else teacher, kl_budget=ev["kl_budget"],
+                               shared_vocab=shared, seed=ev["seed"], progress=False)
+            s.update({"model": str(path), "benchmark": bench})
+            write_results(d, rows, s, prefix=bench)
+            results.setdefault(name, {})[bench] = s
+    return results
+
+
+def judge_methods(cfg: dict, names: list[str]) -> dict[str, dict]:
+    """{benchmark: pairwise_matrix(...)} over the methods' answers (cached in <out>/pairwise_<bench>.json)."""
+    from ..eval.pairwise import load_template, make_judge, pairwise_matrix, read_rows
+
+    ev, out = cfg["eval"], Path(cfg["output_dir"])
+    judge, res = None, {}
+    for bench in ev["benchmarks"]:
+        cache = out / f"pairwise_{bench}.json"
+        if cache.exists():
+            m = json.loads(cache.read_text())
+            if m.get("models") == names:
+                res[bench] = m
+                continue
+        if judge is None:
+            judge = make_judge(ev["judge"], model=ev["judge_model"]) if ev["judge"] != "rule" else make_judge("rule")
+        answers = {n: read_rows(out / "eval" / slug(n) / f"{bench}_examples.jsonl") for n in names}
+        print(f"[compare] judging {len(names) * (len(names) - 1) // 2} pairs on {bench} with {ev['judge']}",
+              file=sys.stderr, flush=True)
+        m = pairwise_matrix(judge, answers, load_template(ev["judge_template"]))
+        cache.write_text(json.dumps(m, indent=2) + "\n")
+        res[bench] = m
+    return res
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tuple[list[list[str]], list[dict]]:
+    """Table 1's layout: one row per model, per benchmark FAC, RWR, RLR, KL (+-std), CS (in %, KL in nats)."""
+    benches = cfg["eval"]["benchmarks"]
+    header = ["Method"] + [f"{b} {m}" for b in benches for m in ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑")]
+    rows, records = [header], []
+    extra = [n for n in ("Student model", "Teacher model") if n in evals]
+    for name in methods + extra:
+        line, rec = [name], {"model": name}
+        for b in benches:
+            s = evals[name][b]
+            rwr = judged[b]["rwr"].get(name) if name in methods else None
+            rlr = judged[b]["rlr"].get(name) if name in methods else None
+            kl = f"{s['kl_mean']:.2f} (±{s['kl_std']:.2f})" if "kl_mean" in s else ""
+            line += [_pct(s["accuracy"]), _pct(rwr), _pct(rlr), kl, _pct(s.get("constraint_satisfaction"))]
+            rec[b] = {"fac": s["accuracy"], "rwr": rwr, "rlr": rlr, "kl_mean": s.get("kl_mean"),
+                      "kl_std": s.get("kl_std"), "cs": s.get("constraint_satisfaction")}
+        rows.append(line)
+        records.append(rec)
+    return rows, records
+
+
+def _avg(records: list[dict], benches: list[str], key: str) -> dict[str, float | None]:
+    out = {}
+    for r in records:
+        xs = [r[b][key] for b in benches if r[b][key] is not None]
+        out[r["model"]] = sum(xs) / len(xs) if xs else None
+    return out
+
+
+def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> dict:
+    import math
+
+    from .plots import dynamics_plot, heatmap_plot, pareto_front, pareto_plot, radar_plot, read_metrics
+
+    out = Path(cfg["output_dir"])
+    benches = cfg["eval"]["benchmarks"]
+    rows, records = build_table(cfg, methods, evals, judged)
+    md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    note = (f"\nFAC, RWR, RLR and CS in %; KL = mean per-token KL(student || teacher) on the model's own greedy "
+            f"answers (± std over answers); CS = share of answers with mean KL <= {cfg['eval']['kl_budget']}; "
+            f"RWR/RLR from the '{cfg['eval']['judge']}' judge, both orders, over the methods only.\n")
+    (out / "table.md").write_text("\n".join(md) + "\n" + note)
+    with (out / "table.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+    fac, cs = _avg(records, benches, "fac"), _avg(records, benches, "cs")
+    rwr, rlr, kl = _avg(records, benches, "rwr"), _avg(records, benches, "rlr"), _avg(records, benches, "kl_mean")
+    pts = {n: (100 * cs[n], 100 * fac[n]) for n in methods + ["Student model"] if n in cs and cs[n] is not None}
+    pareto_plot(pts, out / "pareto.png")
+    axes = ["FAC", "RWR", "CS", "1 - RLR", "exp(-KL)"]
+    radar = {n: {"FAC": fac[n], "RWR": rwr[n] or 0.0, "CS": cs[n] or 0.0, "1 - RLR": 1 - (rlr[n] or 0.0),
+                 "exp(-KL)": math.exp(-kl[n]) if kl[n] is not None else 0.0} for n in methods}
+    radar_plot(radar, axes, out / "radar.png")
+    win = {i: {j: _mean_or_none([judged[b]["win"][i][j] for b in benches]) for j in methods} for i in methods}
+    heatmap_plot(methods, win, out / "pairwise_heatmap.png")
+    curves = {}
+    for r in cfg["runs"]:
+        mp = out / "runs" / slug(r["name"]) / "metrics.jsonl"
+        if mp.exists():
+            curves[r["name"]] = read_metrics(mp)
+    if curves:
+        dynamics_plot(curves, ["kl/row_mean", "reward/task_mean", "grad_norm"], out / "dynamics.png")
+    result = {"config": cfg["path"], "table": records, "pareto_front": pareto_front(pts), "radar": radar,
+              "win": win, "unparseable_verdicts": {b: judged[b]["unparseable_verdicts"] for b in benches}}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _mean_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_compare(path: str | Path, progress: bool = True) -> dict:
+    t0 = time.time()
+    cfg = load_config(path)
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    finals = train_runs(cfg, progress=progress)
+    models = dict(finals)
+    common = cfg["common"]
+    if cfg["eval"]["student"]:
+        models["Student model"] = common.get("student", "embedded:student")
+    if cfg["eval"]["teacher"]:
+        models["Teacher model"] = common.get("teacher", "embedded:teacher")
+    evals = evaluate_models(cfg, models)
+    methods = [r["name"] for r in cfg["runs"]]
+    judged = judge_methods(cfg, methods) if len(methods) > 1 else {
+        b: {"rwr": {}, "rlr": {}, "win": {m: {m: None} for m in methods}, "unparseable_verdicts": 0}
+        for b in cfg["eval"]["benchmarks"]}
+    result = write_report(cfg, methods, evals, judged)
+    print((out / "table.md").read_text())
+    print(f"[compare] wrote {out}/table.md, table.csv, pareto.png, radar.png, pairwise_heatmap.png, dynamics.png, "
+          f"results.json ({time.time() - t0:.0f} s)", file=sys.stderr)
+    return result
+
+
+__all__ = ["load_config", "run_compare", "train_runs", "evaluate_models", "judge_methods", "build_table",
+           "write_report", "slug"]

@@ -1,0 +1,86 @@
+"""``reasondistill compare`` on two tiny configs: trains, evaluates, judges, and writes the
+Table-1-style table and the four figures; a second call reuses everything; bad configs fail
+with the file and the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from reasondistill.config import ConfigError
+from reasondistill.report import compare as C
+
+
+def write_cfg(tmp_path, tiny_models, runs, **eval_over):
+    ev = dict(benchmarks=["arith"], limit=6, max_new_tokens=12, batch_size=6, judge="rule", kl_budget=0.35)
+    ev.update(eval_over)
+    cfg = {"output_dir": str(tmp_path / "cmp"),
+           "common": dict(student=str(tiny_models / "student"), teacher=str(tiny_models / "teacher"), max_steps=2,
+                          per_device_train_batch_size=2, num_generations=2, max_completion_length=8, train_size=40,
+                          report_to="none", device="cpu", learning_rate=1e-3, seed=0),
+           "runs": runs, "eval": ev}
+    import yaml
+
+    p = tmp_path / "compare.yaml"
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return p
+
+
+def test_compare_two_tiny_configs_end_to_end(tmp_path, tiny_models, capsys):
+    from PIL import Image
+
+    p = write_cfg(tmp_path, tiny_models, [{"name": "CMDP", "method": "cmdp"},
+                                          {"name": "GRPO λ=0", "method": "gkd_grpo", "lmbda": 0.0}])
+    res = C.run_compare(p, progress=False)
+    out = tmp_path / "cmp"
+    for f in ("table.md", "table.csv", "pareto.png", "radar.png", "pairwise_heatmap.png", "dynamics.png", "results.json"):
+        assert (out / f).exists(), f
+    for f in ("pareto.png", "radar.png", "pairwise_heatmap.png", "dynamics.png"):
+        with Image.open(out / f) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+            assert len(np.unique(np.asarray(im.convert("L")))) > 20  # drawn, not blank
+    rows = list(csv.reader((out / "table.csv").open()))
+    assert rows[0][:6] == ["Method", "arith FAC ↑", "arith RWR ↑", "arith RLR ↓", "arith KL ↓", "arith CS ↑"]
+    assert [r[0] for r in rows[1:]] == ["CMDP", "GRPO λ=0", "Student model", "Teacher model"]
+    # method rows have every metric; the teacher has FAC only; the student no judge numbers
+    assert all(x != "" for x in rows[1][1:]) and rows[4][1] != "" and rows[4][2:] == ["", "", "", ""]
+    assert rows[3][2] == "" and rows[3][4] != ""
+    table = {r["model"]: r["arith"] for r in res["table"]}
+    # win and loss rates of the two methods mirror each other
+    assert table["CMDP"]["rwr"] == pytest.approx(table["GRPO λ=0"]["rlr"])
+    ev = json.loads((out / "eval" / "CMDP" / "arith_summary.json").read_text())
+    assert ev["num_questions"] == 6 and "constraint_satisfaction" in ev
+    assert table["CMDP"]["fac"] == ev["accuracy"] and table["CMDP"]["cs"] == ev["constraint_satisfaction"]
+    md = (out / "table.md").read_text()
+    assert "| CMDP |" in md and "Teacher model" in md
+    # a second call trains nothing and evaluates nothing: it reuses the run folders and caches
+    mtime = (out / "runs" / "CMDP" / "final" / "model.safetensors").stat().st_mtime
+    capsys.readouterr()
+    C.run_compare(p, progress=False)
+    err = capsys.readouterr().err
+    assert "already trained" in err and "training" not in err.replace("already trained", "")
+    assert "evaluating" not in err
+    assert (out / "runs" / "CMDP" / "final" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_sweep_expands_and_names(tmp_path, tiny_models):
+    p = write_cfg(tmp_path, tiny_models, [{"name": "GKD-GRPO λ={lmbda}", "method": "gkd_grpo",
+                                           "sweep": {"lmbda": [0.01, 1.0]}}, {"method": "cmdp"}])
+    cfg = C.load_config(p)
+    assert [r["name"] for r in cfg["runs"]] == ["GKD-GRPO λ=0.01", "GKD-GRPO λ=1.0", "cmdp"]
+    assert cfg["runs"][1]["overrides"] == {"lmbda": 1.0}
+
+
+@pytest.mark.parametrize("runs,match", [
+    ([{"name": "x", "method": "cmdp", "budgett": 0.3}], "budgett"),
+    ([{"name": "x", "method": "nope"}], "unknown method"),
+    ([{"name": "x", "method": "cmdp"}, {"name": "x", "method": "gkd_rl"}], "unique"),
+])
+def test_bad_configs_fail_before_any_training(tmp_path, tiny_models, runs, match):
+    p = write_cfg(tmp_path, tiny_models, runs)
+    with pytest.raises((ConfigError, ValueError), match=match):
+        C.run_compare(p, progress=False)
+    assert not (tmp_path / "cmp" / "runs").exists()
