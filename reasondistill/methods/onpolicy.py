@@ -16,8 +16,9 @@ extra term). Per optimizer step, identically for every method:
    (FIELD_NOTES: one temperature for sampling and loss; at the default 1.0 this is exactly the
    KL that ``reasondistill eval --teacher`` reports).
 3. The method's ``token_rewards`` turns (task reward, detached C_t, ...) into r_t ``(N, C)``;
-   for the first ``bootstrap_steps`` steps every method uses gkd_rl's KL-only reward instead
-   (Appendix D.4: "even with GRPO lambda = 0"). A KL used as a *reward* is by default the
+   for the first ``bootstrap_steps`` steps every method is replaced by KL distillation alone,
+   the exact on-policy reverse-KL loss (Appendix D.4: "to bootstrap all methods, we apply KL
+   distillation alone ... (even with GRPO lambda = 0)"). A KL used as a *reward* is by default the
    sampled-token log-ratio log mu(a_t) - log pi(a_t) (``kl_reward``): the full-vocabulary C_t
    depends on the state only, so its score-function gradient misses the direct dependence of
    the KL on theta (the term that CMDP adds explicitly as term (II)); with it, gkd_rl's KL
@@ -76,7 +77,9 @@ class OnPolicyConfig(TrainConfig):
     """Mass floor/V given to every token of the teacher's distribution in the step KL, so it
     stays finite (Appendix A's probability floor); 0 disables."""
     bootstrap_steps: int = 0
-    """First N optimizer steps use the KL-only reward of gkd_rl for every method (Appendix D.4)."""
+    """First N optimizer steps are KL distillation alone for every method (Appendix D.4): the
+    exact gradient of the mean per-token KL(pi_theta || mu) on the student's own rollouts
+    (on-policy GKD with beta = 1), no task reward, no policy-gradient term."""
     kl_reward: str = "sampled"
     """How a KL *reward* (gkd_rl, gkd_grpo, the bootstrap) estimates -C_t: ``sampled``, the
     log-ratio of the sampled token log mu(a_t) - log pi(a_t) (unbiased, and its score function
@@ -160,22 +163,21 @@ def rl_loss(ctx, micro: dict, totals: dict, token_rewards, extra_loss=None, adva
     det = {k: v.detach() for k, v in out.items()}
     m = mask.bool()
     bootstrap = ctx.step < cfg.bootstrap_steps
-    if bootstrap:  # every method is gkd_rl here: same reward, same advantages, no extra term
-        rewards, metrics = kl_reward(cfg, det, mask), {}
-        adv = advantages(cfg, rewards, mask)
+    if bootstrap:  # KL distillation alone, the same for every method: the exact on-policy reverse KL
+        total, metrics, stats = aggregate(out["step_kl"], mask, cfg, totals), {}, {}
+        rewards = kl_reward(cfg, det, mask)  # for the logged reward only
     else:
         rewards, metrics = token_rewards(ctx, micro, det, mask)
         adv = (advantage_fn or advantages)(cfg, rewards, mask)
-    logp = out["logp"]
-    pg, stats = losses.policy_gradient_loss(
-        logp, logp.detach(), adv, mask, loss_type=cfg.loss_type, epsilon_low=cfg.epsilon,
-        epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
-        normalizer=normalizer(cfg, totals), max_completion_length=cfg.max_completion_length)
-    total = pg
-    if extra_loss is not None and not bootstrap:
-        extra, extra_metrics = extra_loss(ctx, micro, out, mask, totals)
-        total = total + extra
-        metrics |= extra_metrics
+        logp = out["logp"]
+        total, stats = losses.policy_gradient_loss(
+            logp, logp.detach(), adv, mask, loss_type=cfg.loss_type, epsilon_low=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
+            normalizer=normalizer(cfg, totals), max_completion_length=cfg.max_completion_length)
+        if extra_loss is not None:
+            extra, extra_metrics = extra_loss(ctx, micro, out, mask, totals)
+            total = total + extra
+            metrics |= extra_metrics
     with torch.no_grad():
         kl, fm = det["step_kl"], m.float()
         row_kl = losses.masked_mean(kl, fm, -1)  # (N,) the eval's per-answer KL
