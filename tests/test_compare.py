@@ -84,3 +84,24 @@ def test_bad_configs_fail_before_any_training(tmp_path, tiny_models, runs, match
     with pytest.raises((ConfigError, ValueError), match=match):
         C.run_compare(p, progress=False)
     assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_shared_bootstrap_stage_feeds_every_run(tmp_path, tiny_models):
+    """Appendix D.4: one KL-only stage, trained once; every run starts from it (same seed)."""
+    import yaml
+
+    p = write_cfg(tmp_path, tiny_models, [{"name": "CMDP", "method": "cmdp", "max_steps": 1},
+                                          {"name": "GKD", "method": "gkd_rl", "max_steps": 1}], limit=3)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["bootstrap"] = {"method": "gkd", "lmbda": 1.0, "beta": 1.0, "max_steps": 1}
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    res = C.run_compare(p, progress=False)
+    out = tmp_path / "cmp"
+    boot = out / "bootstrap" / "final"
+    assert (boot / "model.safetensors").exists()
+    assert yaml.safe_load((out / "bootstrap" / "config.yaml").read_text())["beta"] == 1.0
+    for run in ("CMDP", "GKD"):
+        rc = yaml.safe_load((out / "runs" / run / "config.yaml").read_text())
+        assert rc["student"] == str(boot) and rc["max_steps"] == 1
+    assert [r["model"] for r in res["table"]] == ["CMDP", "GKD", "Student model", "Bootstrapped student",
+                                                  "Teacher model"]

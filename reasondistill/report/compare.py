@@ -9,6 +9,10 @@ The config (YAML)::
       teacher: embedded:teacher
       max_steps: 150
       seed: 0                    # the same seed for every run
+    bootstrap:                   # optional: KL distillation alone, trained once, every run starts from it
+      method: gkd                # (Appendix D.4); here on-policy reverse KL
+      lmbda: 1.0
+      beta: 1.0
     runs:
       - {name: CMDP, method: cmdp}
       - {name: "GKD-GRPO λ={lmbda}", method: gkd_grpo, sweep: {lmbda: [0.001, 0.01, 0.1, 1, 10]}}
@@ -69,9 +73,16 @@ def load_config(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(data) - {"output_dir", "common", "runs", "eval"}
+    unknown = set(data) - {"output_dir", "common", "bootstrap", "runs", "eval"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: output_dir, common, runs, eval")
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: output_dir, common, bootstrap, "
+                          f"runs, eval")
+    boot = data.get("bootstrap")
+    if boot is not None:
+        if not isinstance(boot, dict) or "method" not in boot:
+            raise ConfigError(f"{path}: bootstrap needs at least 'method' (e.g. gkd with lmbda: 1, beta: 1)")
+        boot = dict(boot)
+        get_method(boot["method"])
     if not data.get("runs"):
         raise ConfigError(f"{path}: 'runs' must list at least one {{name, method, ...}}")
     ev = dict(EVAL_DEFAULTS)
@@ -104,7 +115,7 @@ def load_config(path: str | Path) -> dict:
     if dup:
         raise ConfigError(f"{path}: run names must be unique, repeated: {sorted(dup)}")
     return {"output_dir": data.get("output_dir", "runs/compare"), "common": data.get("common") or {},
-            "runs": runs, "eval": ev, "path": str(path)}
+            "bootstrap": boot, "runs": runs, "eval": ev, "path": str(path)}
 
 
 def _build_run_config(run: dict, common: dict, out_dir: Path):
@@ -119,25 +130,41 @@ def _build_run_config(run: dict, common: dict, out_dir: Path):
     return method, build_config(method.Config, overrides=over)
 
 
-def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
-    """Train every run that has no ``final/`` yet; returns {name: final model folder}."""
+def _train_one(method, rc, label: str, progress: bool) -> None:
     from ..engine import latest_checkpoint, train
 
+    rc.progress = progress
+    rc.resume = latest_checkpoint(rc.output_dir) is not None
+    rc.save_steps = rc.save_steps or max(1, rc.max_steps // 4)  # an interrupted compare loses little
+    print(f"[compare] training {label}{' (resuming)' if rc.resume else ''} -> {rc.output_dir}", file=sys.stderr,
+          flush=True)
+    train(method, rc)
+
+
+def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
+    """Train the shared bootstrap (if any) and every run that has no ``final/`` yet; returns
+    {name: final model folder}. With a ``bootstrap`` stage, every run starts from its final model
+    unless the run names its own ``student`` (Appendix D.4: "to bootstrap all methods, we apply KL
+    distillation alone ..."; one shared stage with the same seed is the same for every method)."""
     out = Path(cfg["output_dir"])
     finals = {}
-    configs = [(r, *_build_run_config(r, cfg["common"], out / "runs" / slug(r["name"]))) for r in cfg["runs"]]
-    for k, (run, method, rc) in enumerate(configs, 1):  # every config is checked before any training
+    common = dict(cfg["common"])
+    boot = None
+    if cfg["bootstrap"] is not None:
+        b = dict(cfg["bootstrap"])
+        boot = _build_run_config({"name": "bootstrap", "method": b.pop("method"), "overrides": b}, common,
+                                 out / "bootstrap")
+        common["student"] = str(out / "bootstrap" / "final")
+    configs = [(r, *_build_run_config(r, common, out / "runs" / slug(r["name"]))) for r in cfg["runs"]]
+    if boot is not None and not (out / "bootstrap" / "final" / "config.json").exists():  # every config checked first
+        _train_one(*boot, "the shared bootstrap", progress)
+    for k, (run, method, rc) in enumerate(configs, 1):
         run_dir = Path(rc.output_dir)
         finals[run["name"]] = run_dir / "final"
         if (run_dir / "final" / "config.json").exists():
             print(f"[compare] {k}/{len(configs)} {run['name']}: already trained, reusing {run_dir}", file=sys.stderr)
             continue
-        rc.progress = progress
-        rc.resume = latest_checkpoint(run_dir) is not None
-        rc.save_steps = rc.save_steps or max(1, rc.max_steps // 4)  # an interrupted compare loses little
-        print(f"[compare] {k}/{len(configs)} training {run['name']} ({run['method']})"
-              f"{' (resuming)' if rc.resume else ''} -> {run_dir}", file=sys.stderr, flush=True)
-        train(method, rc)
+        _train_one(method, rc, f"{k}/{len(configs)} {run['name']} ({run['method']})", progress)
     return finals
 
 
@@ -214,7 +241,7 @@ def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tup
     benches = cfg["eval"]["benchmarks"]
     header = ["Method"] + [f"{b} {m}" for b in benches for m in ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑")]
     rows, records = [header], []
-    extra = [n for n in ("Student model", "Teacher model") if n in evals]
+    extra = [n for n in ("Student model", "Bootstrapped student", "Teacher model") if n in evals]
     for name in methods + extra:
         line, rec = [name], {"model": name}
         for b in benches:
@@ -257,7 +284,8 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
 
     fac, cs = _avg(records, benches, "fac"), _avg(records, benches, "cs")
     rwr, rlr, kl = _avg(records, benches, "rwr"), _avg(records, benches, "rlr"), _avg(records, benches, "kl_mean")
-    pts = {n: (100 * cs[n], 100 * fac[n]) for n in methods + ["Student model"] if n in cs and cs[n] is not None}
+    pts = {n: (100 * cs[n], 100 * fac[n]) for n in methods + ["Student model", "Bootstrapped student"]
+           if n in cs and cs[n] is not None}
     pareto_plot(pts, out / "pareto.png")
     axes = ["FAC", "RWR", "CS", "1 - RLR", "exp(-KL)"]
     radar = {n: {"FAC": fac[n], "RWR": rwr[n] or 0.0, "CS": cs[n] or 0.0, "1 - RLR": 1 - (rlr[n] or 0.0),
@@ -293,6 +321,8 @@ def run_compare(path: str | Path, progress: bool = True) -> dict:
     common = cfg["common"]
     if cfg["eval"]["student"]:
         models["Student model"] = common.get("student", "embedded:student")
+        if cfg["bootstrap"] is not None:
+            models["Bootstrapped student"] = str(out / "bootstrap" / "final")
     if cfg["eval"]["teacher"]:
         models["Teacher model"] = common.get("teacher", "embedded:teacher")
     evals = evaluate_models(cfg, models)
