@@ -4,7 +4,13 @@
     reasondistill train METHOD [--config FILE.yaml] [key=value ...]     (--list-keys shows every key)
     reasondistill eval --model PATH (--benchmark NAME | --data FILE --question-field F --answer-field G)
                        [--limit N] [--samples K] [--teacher PATH --kl-budget D]
+    reasondistill eval --task code --model PATH (--benchmark humaneval | --data FILE.jsonl)
+                       [--samples K --temperature T] [--workers N] [--timeout S]
+    reasondistill eval --task choice --model PATH (--benchmark mmlu | --data FILE_OR_FOLDER) [--seed S]
+    reasondistill eval --task instruct --model PATH (--benchmark alpaca_eval | --data FILE.jsonl)
+                       --judge URL --judge-model NAME | --judge PATH   [--limit N]
     reasondistill eval pairwise --a A/eval_examples.jsonl --b B/eval_examples.jsonl [--judge rule|URL|PATH]
+    reasondistill report DIR [DIR ...] [--output FILE.md]
     reasondistill compare CONFIG.yaml
     reasondistill task build [--out DIR] [--teacher-steps N] [--student-steps N]
 """
@@ -47,9 +53,15 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     if args.mode == "pairwise":
+        if args.task != "math":
+            raise SystemExit("eval pairwise judges two answer files; --task does not apply to it")
         return _cmd_eval_pairwise(args)
     if not args.model:
         raise SystemExit("eval: --model is required")
+    if args.task != "math":
+        return _cmd_eval_task(args)
+    if args.temperature is None:
+        args.temperature = 0.0
     import torch
 
     from .data.benchmarks import load_jsonl
@@ -79,6 +91,7 @@ def _cmd_eval(args) -> int:
         shared = report.shared_vocab
     torch.manual_seed(args.seed)
     rows, summary = evaluate(model, tok, records, samples=args.samples, temperature=args.temperature,
+                             top_p=args.top_p or 1.0,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=teacher,
                              kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True,
                              system=args.system)
@@ -90,6 +103,68 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_eval_task(args) -> int:
+    """``eval --task code|choice|instruct``: records, (judge), model, run, write, print."""
+    import torch
+
+    from .engine import resolve_model
+    from .eval.math_eval import write_results
+    from .eval.task_runner import load_task_records, run_task
+    from .models import load_model, load_tokenizer
+
+    task = args.task
+    if args.teacher or args.question_field or args.answer_field:
+        raise SystemExit(f"eval --task {task}: --teacher, --question-field and --answer-field are for --task math")
+    if args.samples != 1 and task != "code":
+        raise SystemExit(f"eval --task {task}: --samples is for --task math and code")
+    if bool(args.benchmark) == bool(args.data):
+        raise SystemExit(f"eval --task {task}: give exactly one of --benchmark NAME or --data FILE")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    judge = template = None
+    if task == "instruct":
+        from .eval.instruct_eval import load_instruct_template, make_instruct_judge
+
+        if not args.judge:
+            raise SystemExit("eval --task instruct needs a judge: --judge http(s)://HOST:PORT/v1 --judge-model NAME, "
+                             "or --judge PATH (a local model)")
+        template = load_instruct_template(args.judge_template)
+        judge = make_instruct_judge(args.judge, args.judge_model, max_tokens=args.judge_max_tokens,
+                                    workers=args.workers or 4, device=args.device)
+    source = args.benchmark or args.data
+    records = load_task_records(task, source, args.data_dir, limit=args.limit)
+    if not records:
+        raise ValueError(f"eval --task {task}: {source} holds no records")
+    model_path = resolve_model(args.model)
+    model = load_model(model_path, dtype=args.dtype, device=args.device)
+    tok = load_tokenizer(model_path)
+    torch.manual_seed(args.seed)
+    rows, summary = run_task(task, model, tok, records, benchmark=str(source), judge=judge, template=template,
+                             samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             workers=args.workers or 2, timeout=args.timeout, seed=args.seed,
+                             shuffle=not args.no_shuffle, chat=args.chat, system=args.system, progress=True)
+    summary.update({"model": args.model, "limit": args.limit})
+    per, summ = write_results(args.output_dir, rows, summary, prefix=task)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {per} and {summ}", file=sys.stderr)
+    if summary.get("unparseable_verdicts"):
+        print(f"note: {summary['unparseable_verdicts']} of {summary['num_verdicts']} verdicts could not be parsed "
+              f"({summary['failed_judge_calls']} failed judge calls); counted, left out of the win rate",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report.summaries import summary_report
+
+    text = summary_report(args.dirs, output=args.output)
+    print(text)
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _cmd_eval_pairwise(args) -> int:
     from pathlib import Path
 
@@ -97,8 +172,9 @@ def _cmd_eval_pairwise(args) -> int:
 
     if not (args.a and args.b):
         raise SystemExit("eval pairwise: give --a and --b (per-example JSONL files written by `reasondistill eval`)")
-    judge = make_judge(args.judge, model=args.judge_model) if args.judge.startswith(("http://", "https://", "rule")) \
-        else make_judge(args.judge, device="cuda" if args.device == "cuda" else "cpu")
+    spec = args.judge or "rule"
+    judge = make_judge(spec, model=args.judge_model) if spec.startswith(("http://", "https://", "rule")) \
+        else make_judge(spec, device="cuda" if args.device == "cuda" else "cpu")
     summary, records = compare_pair(judge, read_rows(args.a), read_rows(args.b), load_template(args.judge_template))
     summary.update({"a": args.a, "b": args.b})
     out = Path(args.output_dir)
@@ -148,19 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a model on a benchmark (accuracy, and KL to a teacher); "
-                                    "`eval pairwise` judges two answer sets (RWR / RLR)")
+    e = sub.add_parser("eval", help="evaluate a model: math accuracy and KL to a teacher (default), code pass@k, "
+                                    "multiple choice, instruction-following win rate; `eval pairwise` judges two "
+                                    "answer sets (RWR / RLR)")
     e.add_argument("mode", nargs="?", default="math", choices=["math", "pairwise"],
-                   help="math (default): accuracy, KL, CS; pairwise: reasoning judge on two eval outputs")
+                   help="math (default): evaluate a model (see --task); pairwise: reasoning judge on two eval outputs")
+    e.add_argument("--task", default="math", choices=["math", "code", "choice", "instruct"],
+                   help="math (default): boxed-answer accuracy, KL, CS; code: pass@1/pass@k by sandboxed execution; "
+                        "choice: multiple choice, options shuffled with --seed; instruct: win rate against reference "
+                        "answers by a pairwise --judge, both orders. Writes <task>_examples.jsonl and "
+                        "<task>_summary.json (math: eval_*)")
     e.add_argument("--model", default=None, help="model folder, hub name or embedded:student")
-    e.add_argument("--benchmark", default=None, help="gsm8k, math500, ..., or arith (embedded test split)")
-    e.add_argument("--data", default=None, help="any JSONL file")
+    e.add_argument("--benchmark", default=None, help="math: gsm8k, math500, ..., or arith (embedded test split); "
+                   "code: humaneval; choice: mmlu (the data dir's mmlu/ folder); instruct: alpaca_eval")
+    e.add_argument("--data", default=None, help="any JSONL file (math: with --question-field/--answer-field; code: "
+                   "HumanEval schema; choice: a CSV/JSONL file or a folder of them; instruct: instruction, output)")
     e.add_argument("--question-field", default=None)
     e.add_argument("--answer-field", default=None)
     e.add_argument("--data-dir", default=None, help="benchmark folder (else $REASONDISTILL_DATA_DIR)")
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--samples", type=int, default=1, help="k answers per question: avg@k and pass@k")
-    e.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (with --samples 1)")
+    e.add_argument("--limit", type=int, default=None,
+                   help="at most N questions (choice: in all, spread over the files)")
+    e.add_argument("--samples", type=int, default=1, help="math, code: k answers per question: avg@k / pass@k")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (with --samples 1); default 0, instruct 0.8 (the paper's)")
+    e.add_argument("--top-p", type=float, default=None, help="nucleus sampling; default 1, instruct 0.95")
     e.add_argument("--max-new-tokens", type=int, default=512)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--teacher", default=None, help="report per-example KL(student||teacher) and CS")
@@ -168,15 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="sampling seed; choice: also the option shuffle")
+    e.add_argument("--no-shuffle", action="store_true", help="choice: keep the options in file order")
+    e.add_argument("--workers", type=int, default=None,
+                   help="code: programs run at once (default 2); instruct: judge requests at once (default 4)")
+    e.add_argument("--timeout", type=float, default=10.0, help="code: seconds per program")
+    e.add_argument("--chat", action="store_true", help="code: ask through the chat template instead of letting "
+                   "the model continue the raw prompt")
     e.add_argument("--output-dir", default="runs/eval")
     e.add_argument("--a", default=None, help="pairwise: the first model's eval_examples.jsonl")
     e.add_argument("--b", default=None, help="pairwise: the second model's eval_examples.jsonl")
-    e.add_argument("--judge", default="rule", help="pairwise: rule (embedded task step checker), "
-                   "http(s)://HOST:PORT/v1 (OpenAI-compatible; key from $OPENAI_API_KEY), or a local model")
-    e.add_argument("--judge-model", default=None, help="pairwise: model name at the endpoint")
-    e.add_argument("--judge-template", default=None, help="pairwise: prompt template file (default: packaged)")
+    e.add_argument("--judge", default=None, help="pairwise: rule (default; embedded task step checker), "
+                   "http(s)://HOST:PORT/v1 (OpenAI-compatible; key from $OPENAI_API_KEY), or a local model; "
+                   "instruct (required): an endpoint or a local model")
+    e.add_argument("--judge-model", default=None, help="pairwise, instruct: model name at the endpoint")
+    e.add_argument("--judge-template", default=None,
+                   help="pairwise, instruct: prompt template file (default: the packaged one)")
+    e.add_argument("--judge-max-tokens", type=int, default=None,
+                   help="instruct: the judge's reply length (default 1024 at an endpoint, 256 locally)")
     e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("report", help="one Markdown table of every *_summary.json under the given folders")
+    r.add_argument("dirs", nargs="+", help="folders searched recursively (eval output dirs, a compare output dir)")
+    r.add_argument("--output", default=None, help="also write the table to this .md file")
+    r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("compare", help="train several methods on one setup, evaluate, judge, and write the "
                                        "Table-1-style report with Pareto, radar and pairwise plots")

@@ -62,7 +62,10 @@ def examples():
 
 
 def make_ctx(name, tokenizer, acc, model, teacher, **over):
+    # process advantages unless a test says otherwise: the references below build them by hand
     base = dict(max_prompt_length=64, max_completion_length=C, device="cpu", report_to="none", num_generations=2)
+    if name != "grpo":
+        base["advantage"] = "process"
     base.update(over)
     cfg = build_config(get_method(name).Config, overrides=base)
     return engine.Context(cfg=cfg, accelerator=acc, model=model, tokenizer=tokenizer, teacher=teacher,
@@ -182,7 +185,7 @@ def ref_cmdp_loss(model64, teacher64, rows, task, cfg):
              for (lp, _, _), a in zip(steps, adv)) / n_tok
     term = sum((kl * torch.tensor(o, dtype=torch.float64)).sum() for (_, kl, _), o in zip(steps, on)) / n_tok
     use_term = cfg.boundary_term and cfg.penalty_phi
-    return pg + (term if use_term else 0.0), term, on
+    return pg + (cfg.boundary_weight * term if use_term else 0.0), cfg.boundary_weight * term, on
 
 
 # mean step KL of the four rows is 2.20, 2.49, 2.62, 2.20 (sums 50.6, 62.3, 28.8, 28.5): the
@@ -190,7 +193,7 @@ def ref_cmdp_loss(model64, teacher64, rows, task, cfg):
 # tokens of the feasible row 0 on the boundary
 @pytest.mark.parametrize("over", [dict(budget=2.3), dict(budget=2.3, boundary_epsilon=5.0),
                                   dict(budget=40.0, budget_mode="sum"), dict(budget=2.3, penalty_phi=False),
-                                  dict(budget=2.3, boundary_term=False)])
+                                  dict(budget=2.3, boundary_term=False), dict(budget=2.3, boundary_weight=3.0)])
 def test_cmdp_loss_and_gradient_match_reference(tokenizer, acc, student, teacher, examples, over):
     model = copy.deepcopy(student)
     ctx = make_ctx("cmdp", tokenizer, acc, model, teacher, teacher_prob_floor=1e-3, **over)
@@ -208,6 +211,34 @@ def test_cmdp_loss_and_gradient_match_reference(tokenizer, acc, student, teacher
         close(metrics["cmdp/boundary_term"], term, rel=1e-4)
     else:
         assert "cmdp/boundary_term" not in metrics
+
+
+def test_cmdp_sequence_advantages_match_reference(tokenizer, acc, student, teacher, examples):
+    """advantage=sequence: each row's summed eq.-(4) reward through group advantages."""
+    model = copy.deepcopy(student)
+    ctx = make_ctx("cmdp", tokenizer, acc, model, teacher, teacher_prob_floor=1e-3, budget=2.3, advantage="sequence")
+    micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
+    n = micro["num_tokens"]
+    loss, _ = cmdp.loss(ctx, micro, {"tokens": float(n), "rows": 4.0})
+    loss.backward()
+    m64 = f64(student)
+    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]), 1e-3)
+    sums, on = [], []
+    for (_, kl, _), R in zip(steps, [1, 0, 1, 1]):
+        r, _, slack = ref_cmdp_rewards(R, kl.tolist(), 2.3, 20.0, "length_normalized")
+        sums.append(sum(r))
+        on.append([s <= 0 for s in slack])
+    adv = []
+    for g in (0, 2):
+        a, b = sums[g], sums[g + 1]
+        mean, std = (a + b) / 2, abs(a - b) / math.sqrt(2)
+        adv += [(a - mean) / (std + 1e-4), (b - mean) / (std + 1e-4)]
+    assert any(x > 0 for x in adv) and any(x < 0 for x in adv)
+    pg = sum((-A * torch.exp(lp - lp.detach())).sum() for (lp, _, _), A in zip(steps, adv)) / n
+    term = sum((kl * torch.tensor(o, dtype=torch.float64)).sum() for (_, kl, _), o in zip(steps, on)) / n
+    (pg + term).backward()
+    close(loss, pg + term, rel=1e-4, abs_=1e-6)
+    grads_close(model, m64)
 
 
 def test_boundary_term_only_on_boundary_and_infeasible_tokens():

@@ -39,30 +39,42 @@ from pathlib import Path
 
 VERDICTS = ("A", "B", "C")
 DEFAULT_TEMPLATE = "pairwise_reasoning.txt"
+PLACEHOLDERS = ("{question}", "{answer}", "{solution_a}", "{solution_b}")
+FIRST_SCORE = {"A": 1.0, "B": 0.0, "C": 0.5}
+"""What a verdict scores for the response shown first (win / loss / tie); the second gets 1 minus it."""
 _BRACKET = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _WORDS = re.compile(r"verdict\s*[:\-]?\s*(?:response\s*)?\(?([AB])\)?\s*(?:wins|is better)?\b|verdict\s*[:\-]?\s*(tie)\b",
                     re.IGNORECASE)
 
 
-def load_template(path: str | Path | None = None) -> str:
-    """The judge prompt template: a file path, or the packaged default."""
+def load_template(path: str | Path | None = None, default: str = DEFAULT_TEMPLATE,
+                  placeholders: tuple[str, ...] = PLACEHOLDERS) -> str:
+    """The judge prompt template: a file path, or the packaged ``templates/<default>``; it must
+    contain every one of ``placeholders`` (other judges, e.g. ``eval/instruct_eval.py``, pass
+    their own file name and placeholders)."""
     if path is None:
-        text = resources.files("reasondistill").joinpath("templates", DEFAULT_TEMPLATE).read_text()
+        text = resources.files("reasondistill").joinpath("templates", default).read_text()
     else:
         text = Path(path).read_text()
-    missing = [k for k in ("{question}", "{answer}", "{solution_a}", "{solution_b}") if k not in text]
+    missing = [k for k in placeholders if k not in text]
     if missing:
-        raise ValueError(f"judge template {path or DEFAULT_TEMPLATE} lacks the placeholders {missing}")
+        raise ValueError(f"judge template {path or default} lacks the placeholders {missing}")
     return text
 
 
+def fill(template: str, values: dict[str, object]) -> str:
+    """Replace each ``{name}`` of ``values`` literally, in one pass (answers contain braces, so no
+    str.format; a placeholder written inside one value is not filled by another)."""
+    if not values:
+        return template
+    pattern = re.compile("|".join(re.escape("{" + name + "}") for name in values))
+    return pattern.sub(lambda m: str(values[m.group(0)[1:-1]]), template)
+
+
 def render(template: str, question: str, answer, solution_a: str, solution_b: str) -> str:
-    """Fill the placeholders literally (solutions contain braces, so no str.format)."""
-    out = template
-    for k, v in (("{question}", question), ("{answer}", str(answer)), ("{solution_a}", solution_a),
-                 ("{solution_b}", solution_b)):
-        out = out.replace(k, v)
-    return out
+    """The reasoning template filled with one question, its answer and two solutions."""
+    return fill(template, {"question": question, "answer": answer, "solution_a": solution_a,
+                           "solution_b": solution_b})
 
 
 def parse_verdict(text) -> str | None:
@@ -198,9 +210,9 @@ def compare_pair(judge, rows_a: list[dict], rows_b: list[dict], template: str | 
         v1, v2 = parse_verdict(raw[2 * k]), parse_verdict(raw[2 * k + 1])
         scores = []
         if v1 is not None:
-            scores.append({"A": 1.0, "B": 0.0, "C": 0.5}[v1])
+            scores.append(FIRST_SCORE[v1])
         if v2 is not None:  # second order: B is model A
-            scores.append({"A": 0.0, "B": 1.0, "C": 0.5}[v2])
+            scores.append(1.0 - FIRST_SCORE[v2])
         unparseable += (v1 is None) + (v2 is None)
         score = sum(scores) / len(scores) if scores else None
         if score is None:

@@ -23,9 +23,10 @@ extra term). Per optimizer step, identically for every method:
    depends on the state only, so its score-function gradient misses the direct dependence of
    the KL on theta (the term that CMDP adds explicitly as term (II)); with it, gkd_rl's KL
    rose from 0.61 to 2.6 in 120 steps on the embedded task instead of falling.
-4. Advantages: ``process`` (rewards normalised over all counted tokens of the group, then
-   reward-to-go with ``gamma``: ``losses.process_advantages``) or ``sequence`` (each row's summed
-   reward through ``losses.group_advantages``, broadcast over its tokens).
+4. Advantages: ``sequence`` (default; each row's summed reward through
+   ``losses.group_advantages``, broadcast over its tokens) or ``process`` (rewards normalised
+   over all counted tokens of the group, then reward-to-go with ``gamma``:
+   ``losses.process_advantages``).
 5. The clipped surrogate (``losses.policy_gradient_loss``, one update per generation batch so
    the ratio is 1 in value) aggregated by ``loss_type``, plus the method's extra term
    aggregated the same way, both with the global normaliser of the optimizer step.
@@ -68,9 +69,10 @@ class OnPolicyConfig(TrainConfig):
     """Clip range of the importance ratio (lower; also upper unless epsilon_high is set)."""
     epsilon_high: float | None = None
     """Upper clip range (default: epsilon)."""
-    advantage: str = "process"
-    """``process``: per-token rewards normalised over the group's counted tokens, advantage =
-    reward-to-go; ``sequence``: each row's summed reward -> group advantages."""
+    advantage: str = "sequence"
+    """``sequence`` (default): each row's summed reward -> group advantages; ``process``: per-token
+    rewards normalised over the group's counted tokens, advantage = reward-to-go (see cmdp.py for
+    the measurement behind the default)."""
     gamma: float = 1.0
     """Discount of the reward-to-go (paper: 1)."""
     teacher_prob_floor: float = 1e-6

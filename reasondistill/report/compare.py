@@ -24,6 +24,16 @@ The config (YAML)::
       judge: rule                # rule | http(s)://HOST:PORT/v1 (judge_model:) | a local model
       student: true              # add the untrained student's row
       teacher: true              # add the teacher's row
+      code: humaneval            # optional, beyond math (see evaluate_tasks): HumanEval pass@1 (or a .jsonl)
+      code_limit: 20
+      choice: mmlu               # optional: multiple choice, options shuffled with `seed` (a file or folder)
+      choice_limit: 50
+      instruct: alpaca_eval      # optional: win rate against the references, judged in both orders
+      instruct_limit: 20
+      instruct_judge: http://127.0.0.1:8000/v1   # an endpoint or a local model (default: judge, unless rule)
+      instruct_judge_model: NAME
+      instruct_template: null    # default: templates/instruct_pairwise.txt (the VCRD paper's §10.3.1 prompt)
+      task_max_new_tokens: 512   # answer length for code, choice and instruct
 
 Steps: train every run (``<output_dir>/runs/<slug>``; a finished run is reused, an interrupted one
 resumes from its last checkpoint); evaluate every model greedily on every benchmark with the
@@ -31,6 +41,7 @@ teacher's per-answer KL and constraint satisfaction at ``kl_budget`` (cached per
 benchmark); judge every pair of methods' answers in both orders; write
 
 - ``table.md`` and ``table.csv``: per benchmark FAC, RWR, RLR, KL (+-std), CS; student and teacher rows;
+  then, when ``code`` / ``choice`` / ``instruct`` are set, pass@1, MC acc and instruct win (every model);
 - ``pareto.png``: FAC vs CS, Pareto points in red (Figure 3);
 - ``radar.png``: FAC, RWR, CS, RLR inverted (1 - RLR) and KL inverted (exp(-KL)), averaged over
   benchmarks (Figure 2);
@@ -55,7 +66,11 @@ from ..config import ConfigError
 
 EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_new_tokens": 64, "batch_size": 64,
                  "judge": "rule", "judge_model": None, "judge_template": None, "data_dir": None, "seed": 0,
-                 "student": True, "teacher": True}
+                 "student": True, "teacher": True,
+                 # beyond math (evaluate_tasks): a benchmark name or file per task, None = skip
+                 "code": None, "code_limit": None, "choice": None, "choice_limit": None,
+                 "instruct": None, "instruct_limit": None, "instruct_judge": None, "instruct_judge_model": None,
+                 "instruct_template": None, "task_max_new_tokens": 512}
 
 
 def slug(name: str) -> str:
@@ -208,6 +223,78 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
     return results
 
 
+TASK_COLUMNS = {"code": ("pass@1", "pass@1"), "choice": ("accuracy", "MC acc"),
+                "instruct": ("win_rate", "instruct win")}
+"""task -> (summary key, column) of the evaluations beyond math, in table order."""
+TASKS_KEY = "_tasks"
+"""Where evaluate_tasks puts {task: summary} in a model's entry of the evaluations."""
+
+
+def _task_label(source) -> str:
+    """``humaneval`` for ``humaneval``, ``tiny`` for ``/data/tiny.jsonl``."""
+    return slug(Path(str(source)).stem)
+
+
+def _instruct_judge_spec(ev: dict) -> tuple[str, str | None]:
+    spec = ev["instruct_judge"] or (ev["judge"] if ev["judge"] != "rule" else None)
+    if not spec:
+        raise ConfigError("eval.instruct needs an LLM judge: set eval.instruct_judge to an http(s)://HOST:PORT/v1 "
+                          "endpoint (with instruct_judge_model) or a local model path")
+    return spec, ev["instruct_judge_model"] or (ev["judge_model"] if spec == ev["judge"] else None)
+
+
+def evaluate_tasks(cfg: dict, models: dict[str, str], evals: dict) -> dict[str, dict[str, dict]]:
+    """Code / multiple choice / instruction following for every model, when ``eval.code``,
+    ``eval.choice`` or ``eval.instruct`` name a benchmark or file (``eval/task_runner.py``;
+    greedy for code and choice, the paper's sampling for instruct, ``task_max_new_tokens``).
+
+    Returns {model name: {task: summary}} and stores it in ``evals[name][TASKS_KEY]``. Rows and
+    summaries are cached in ``<out>/eval/<slug>/<task>_<benchmark>_{examples.jsonl,summary.json}``
+    and reused while the benchmark and the limit are unchanged.
+    """
+    from ..engine import resolve_model
+    from ..eval.math_eval import write_results
+    from ..eval.task_runner import load_task_records, run_task
+    from ..models import load_model, load_tokenizer
+
+    ev, out = cfg["eval"], Path(cfg["output_dir"]) / "eval"
+    tasks = [t for t in TASK_COLUMNS if ev[t]]
+    if not tasks:
+        return {}
+    records, judge, template, results = {}, None, None, {}
+    for name, path in models.items():
+        model = tok = None
+        for task in tasks:
+            source, limit = str(ev[task]), ev[f"{task}_limit"]
+            summ = out / slug(name) / f"{task}_{_task_label(source)}_summary.json"
+            if summ.exists():
+                cached = json.loads(summ.read_text())
+                if cached.get("benchmark") == source and cached.get("limit") == limit:
+                    results.setdefault(name, {})[task] = cached
+                    continue
+            if task not in records:
+                records[task] = load_task_records(task, source, ev["data_dir"], limit=limit)
+            if task == "instruct" and judge is None:
+                from ..eval.instruct_eval import load_instruct_template, make_instruct_judge
+
+                spec, judge_model = _instruct_judge_spec(ev)
+                judge = make_instruct_judge(spec, judge_model)
+                template = load_instruct_template(ev["instruct_template"])
+            if model is None:
+                p = resolve_model(str(path))
+                model, tok = load_model(p), load_tokenizer(p)
+            print(f"[compare] evaluating {name} on {task} {source} ({len(records[task])} records)", file=sys.stderr,
+                  flush=True)
+            rows, s = run_task(task, model, tok, records[task], benchmark=source, judge=judge, template=template,
+                               max_new_tokens=ev["task_max_new_tokens"], batch_size=ev["batch_size"], seed=ev["seed"])
+            s.update({"model": str(path), "limit": limit})
+            write_results(summ.parent, rows, s, prefix=f"{task}_{_task_label(source)}")
+            results.setdefault(name, {})[task] = s
+    for name, by_task in results.items():
+        evals.setdefault(name, {})[TASKS_KEY] = by_task
+    return results
+
+
 def judge_methods(cfg: dict, names: list[str]) -> dict[str, dict]:
     """{benchmark: pairwise_matrix(...)} over the methods' answers (cached in <out>/pairwise_<bench>.json)."""
     from ..eval.pairwise import load_template, make_judge, pairwise_matrix, read_rows
@@ -240,6 +327,8 @@ def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tup
     """Table 1's layout: one row per model, per benchmark FAC, RWR, RLR, KL (+-std), CS (in %, KL in nats)."""
     benches = cfg["eval"]["benchmarks"]
     header = ["Method"] + [f"{b} {m}" for b in benches for m in ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑")]
+    tasks = [t for t in TASK_COLUMNS if cfg["eval"].get(t)]
+    header += [f"{_task_label(cfg['eval'][t])} {TASK_COLUMNS[t][1]} ↑" for t in tasks]
     rows, records = [header], []
     extra = [n for n in ("Student model", "Bootstrapped student", "Teacher model") if n in evals]
     for name in methods + extra:
@@ -252,6 +341,11 @@ def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tup
             line += [_pct(s["accuracy"]), _pct(rwr), _pct(rlr), kl, _pct(s.get("constraint_satisfaction"))]
             rec[b] = {"fac": s["accuracy"], "rwr": rwr, "rlr": rlr, "kl_mean": s.get("kl_mean"),
                       "kl_std": s.get("kl_std"), "cs": s.get("constraint_satisfaction")}
+        for t in tasks:  # beyond math: pass@1, MC acc, instruct win
+            key, column = TASK_COLUMNS[t]
+            value = evals[name].get(TASKS_KEY, {}).get(t, {}).get(key)
+            line.append(_pct(value))
+            rec[column] = value
         rows.append(line)
         records.append(rec)
     return rows, records
@@ -278,6 +372,11 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
     note = (f"\nFAC, RWR, RLR and CS in %; KL = mean per-token KL(student || teacher) on the model's own greedy "
             f"answers (± std over answers); CS = share of answers with mean KL <= {cfg['eval']['kl_budget']}; "
             f"RWR/RLR from the '{cfg['eval']['judge']}' judge, both orders, over the methods only.\n")
+    if cfg["eval"].get("instruct"):
+        unparsed = {n: evals[n].get(TASKS_KEY, {}).get("instruct", {}) for n in evals}
+        counts = ", ".join(f"{n} {s.get('unparseable_verdicts')}/{s.get('num_verdicts')}" for n, s in unparsed.items())
+        note += ("instruct win (in %) = win rate against the reference answers, both orders averaged, ties half; "
+                 f"unparseable verdicts (left out): {counts}\n")
     (out / "table.md").write_text("\n".join(md) + "\n" + note)
     with (out / "table.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -302,6 +401,9 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
         dynamics_plot(curves, ["kl/row_mean", "reward/task_mean", "grad_norm"], out / "dynamics.png")
     result = {"config": cfg["path"], "table": records, "pareto_front": pareto_front(pts), "radar": radar,
               "win": win, "unparseable_verdicts": {b: judged[b]["unparseable_verdicts"] for b in benches}}
+    if cfg["eval"].get("instruct"):
+        result["instruct_unparseable_verdicts"] = {
+            n: evals[n].get(TASKS_KEY, {}).get("instruct", {}).get("unparseable_verdicts") for n in evals}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -314,6 +416,8 @@ def _mean_or_none(xs):
 def run_compare(path: str | Path, progress: bool = True) -> dict:
     t0 = time.time()
     cfg = load_config(path)
+    if cfg["eval"]["instruct"]:
+        _instruct_judge_spec(cfg["eval"])  # a missing judge fails before any training
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     finals = train_runs(cfg, progress=progress)
@@ -326,6 +430,7 @@ def run_compare(path: str | Path, progress: bool = True) -> dict:
     if cfg["eval"]["teacher"]:
         models["Teacher model"] = common.get("teacher", "embedded:teacher")
     evals = evaluate_models(cfg, models)
+    evaluate_tasks(cfg, models, evals)  # code / choice / instruct, when the config names them
     methods = [r["name"] for r in cfg["runs"]]
     judged = judge_methods(cfg, methods) if len(methods) > 1 else {
         b: {"rwr": {}, "rlr": {}, "win": {m: {m: None} for m in methods}, "unparseable_verdicts": 0}
@@ -337,5 +442,5 @@ def run_compare(path: str | Path, progress: bool = True) -> dict:
     return result
 
 
-__all__ = ["load_config", "run_compare", "train_runs", "evaluate_models", "judge_methods", "build_table",
-           "write_report", "slug"]
+__all__ = ["load_config", "run_compare", "train_runs", "evaluate_models", "evaluate_tasks", "judge_methods",
+           "build_table", "write_report", "slug"]

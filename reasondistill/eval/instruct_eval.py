@@ -1,0 +1,299 @@
+"""Instruction following: win rate against reference answers, judged pairwise in both orders.
+
+Protocol (validity_calibrated_distillation.md §10.3, "Instruction following", and the judge
+prompt of §10.3.1): the model answers every instruction with temperature 0.8, top-p 0.95 and at
+most 512 new tokens; a judge model then compares each answer with the benchmark's reference
+answer (AlpacaEval: the text-davinci-003 outputs) using the paper's pairwise prompt, and must
+end with ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). "To mitigate position bias" every pair is
+judged in both orders (the model's answer as Response A, then as Response B) and the win rates
+of the two orders are averaged.
+
+Scoring (from the model's side): a win counts 1, a tie 0.5, a loss 0. For each order the win
+rate is the mean score over that order's *parseable* verdicts; ``win_rate`` is the mean of the
+two orders' rates (one order alone when the other has no parseable verdict; None when neither
+has). A verdict that cannot be parsed, or a judge call that failed (HTTP error after the
+client's retries, a prompt longer than the judge's context, a judge that raised), is never
+fatal: it is counted in ``unparseable_verdicts`` (failed calls also in ``failed_judge_calls``)
+and left out of the rates.
+
+Pieces
+------
+- :func:`load_instruct_benchmark`: ``alpaca_eval`` (``instruct/alpaca_eval.jsonl`` of the data
+  directory) or any JSONL with an instruction and a reference answer per line.
+- :func:`generate_answers`: the model's answers, chat-rendered by ``models.render_prompt`` and
+  sampled by ``rollout.generate``.
+- :func:`judge_answers`: both orders through a judge of ``eval/pairwise.py`` (an
+  OpenAI-compatible endpoint or a local Hugging Face model; see :func:`make_instruct_judge`),
+  with the template ``templates/instruct_pairwise.txt`` (placeholders ``{question}``,
+  ``{answer_a}``, ``{answer_b}``), sent as one user message.
+- :func:`summarize_instruct`: the accounting above; :func:`evaluate_instruct` does all three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..data.benchmarks import DataError, resolve_data_dir
+from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
+
+__all__ = [
+    "INSTRUCT_BENCHMARKS",
+    "PAPER_SAMPLING",
+    "evaluate_instruct",
+    "generate_answers",
+    "judge_answers",
+    "load_instruct_benchmark",
+    "load_instruct_template",
+    "make_instruct_judge",
+    "summarize_instruct",
+]
+
+INSTRUCT_BENCHMARKS = {"alpaca_eval": "instruct/alpaca_eval.jsonl"}
+"""Benchmark name -> file path relative to the data directory."""
+
+TEMPLATE_FILE = "instruct_pairwise.txt"
+PLACEHOLDERS = ("{question}", "{answer_a}", "{answer_b}")
+PAPER_SAMPLING = {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 512}
+"""The paper's generation settings for the answers (§10.3)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data and template
+# --------------------------------------------------------------------------------------------
+def load_instruct_benchmark(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                            limit: int | None = None, *, instruction_field: str = "instruction",
+                            reference_field: str = "output", id_field: str = "id") -> list[dict]:
+    """Load ``alpaca_eval`` (from ``data_dir`` or ``$REASONDISTILL_DATA_DIR``) or a JSONL file
+    whose rows hold ``instruction_field`` and ``reference_field`` (non-empty strings).
+
+    Records: ``id`` (``id_field`` when present, else ``"<file stem>-<line>"``), ``instruction``,
+    ``reference``, ``source``, plus ``dataset`` and ``generator`` when the row has them.
+
+    Raises:
+        DataError (a ``ValueError``) naming the file and the 1-based line.
+    """
+    name = str(name_or_path)
+    if name in INSTRUCT_BENCHMARKS and not os.path.exists(name):
+        path, source = resolve_data_dir(data_dir) / INSTRUCT_BENCHMARKS[name], name
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.suffix and not path.exists():
+            raise DataError(f"unknown instruction benchmark {name!r}; valid names: "
+                            f"{', '.join(INSTRUCT_BENCHMARKS)}, or a path to a .jsonl file")
+        source = path.stem
+    if not path.is_file():
+        raise DataError(f"instruction benchmark file {path} not found")
+    records: list[dict] = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON: {e}") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for f in (instruction_field, reference_field):
+                if f not in row:
+                    raise DataError(f"{where}: missing field {f!r}; fields present: {', '.join(row) or '(none)'}")
+                if not isinstance(row[f], str) or not row[f].strip():
+                    raise DataError(f"{where}: field {f!r} must be a non-empty string, got {row[f]!r:.80}")
+            rid = row.get(id_field)
+            rec = {"id": str(rid) if rid not in (None, "") else f"{path.stem}-{line_no}",
+                   "instruction": row[instruction_field], "reference": row[reference_field], "source": source}
+            for extra in ("dataset", "generator"):
+                if extra in row:
+                    rec[extra] = row[extra]
+            records.append(rec)
+    return records
+
+
+def load_instruct_template(path: str | os.PathLike | None = None) -> str:
+    """The judge prompt: a file with ``{question}``, ``{answer_a}`` and ``{answer_b}``, or the
+    packaged §10.3.1 prompt."""
+    return load_template(path, default=TEMPLATE_FILE, placeholders=PLACEHOLDERS)
+
+
+def make_instruct_judge(spec: str, model: str | None = None, *, max_tokens: int | None = None, workers: int = 4,
+                        device: str = "cpu", **client_kw):
+    """A judge of ``eval/pairwise.py``: an ``http(s)://.../v1`` endpoint (``model`` = its model
+    name; ``client_kw`` go to ``api.client.ChatClient``: ``max_retries``, ``timeout``,
+    ``backoff``, ...) or a local model folder / hub name / ``embedded:teacher`` (greedy).
+    ``max_tokens``: the judge's reply length (default 1024 for an endpoint, 256 locally).
+    The ``rule`` judge checks arithmetic steps and cannot judge free-form answers."""
+    if spec == "rule":
+        raise ValueError("the 'rule' judge only checks arithmetic steps; instruction following needs an "
+                         "LLM judge: --judge http(s)://HOST:PORT/v1 --judge-model NAME, or a local model path")
+    if spec.startswith(("http://", "https://")):
+        return make_judge(spec, model=model, workers=workers, max_tokens=max_tokens or 1024, **client_kw)
+    return make_judge(spec, max_new_tokens=max_tokens or 256, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+def generate_answers(model, tokenizer, records: list[dict], *, temperature: float = 0.8, top_p: float = 0.95,
+                     max_new_tokens: int = 512, batch_size: int = 16, seed: int = 0, system: str | None = None,
+                     progress: bool = False) -> list[dict]:
+    """One answer per record (greedy when ``temperature == 0``): rows with ``id``,
+    ``instruction``, ``reference``, ``output``, ``num_tokens``, ``truncated`` (and the record's
+    ``dataset`` / ``generator``)."""
+    import torch
+
+    from ..models import render_prompt
+    from ..rollout import generate
+
+    do_sample = temperature > 0
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict] = []
+    batches = range(0, len(records), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="answer", unit="batch")
+    for start in batches:
+        chunk = records[start: start + batch_size]
+        prompts = [render_prompt(tokenizer, r["instruction"], system=system) for r in chunk]
+        roll = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens,
+                        temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
+                        do_sample=do_sample, generator=gen)
+        lengths = roll.completion_mask.sum(1).tolist()
+        for j, text in enumerate(roll.texts(tokenizer)):
+            rec = chunk[j]
+            row = {"id": rec["id"], "instruction": rec["instruction"], "reference": rec["reference"],
+                   "output": text, "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
+            row.update({k: rec[k] for k in ("dataset", "generator") if k in rec})
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Judging and accounting
+# --------------------------------------------------------------------------------------------
+def _call_judge(judge, prompts: list[str], items: list[dict]) -> list:
+    """The judge's replies, one per prompt; a judge that raises or answers the wrong number
+    of prompts yields the error in every slot of this call (never raised)."""
+    try:
+        out = list(judge(prompts, items))
+    except Exception as e:  # noqa: BLE001 - a failing judge must not end the evaluation
+        return [e] * len(prompts)
+    if len(out) != len(prompts):
+        err = RuntimeError(f"the judge returned {len(out)} replies for {len(prompts)} prompts")
+        return [err] * len(prompts)
+    return out
+
+
+def _reply_text(reply) -> str:
+    return reply if isinstance(reply, str) else f"<judge call failed: {type(reply).__name__}: {reply}>"
+
+
+def judge_answers(judge, rows: list[dict], template: str | None = None, *, judge_batch: int = 64,
+                  progress: bool = False) -> list[dict]:
+    """Judge every row's ``output`` against its ``reference`` in both orders.
+
+    ``judge(prompts, items) -> list[str | Exception]`` is any judge of ``eval/pairwise.py`` (or
+    a function with that signature); it is called with at most ``judge_batch`` prompts at a
+    time, so a judge that crashes loses only that call's verdicts. Returns new rows with
+    ``verdict_model_as_a`` / ``verdict_model_as_b`` (``"A"``/``"B"``/``"C"`` or None),
+    ``failed_model_as_a`` / ``failed_model_as_b`` (the call failed), the judge's replies
+    ``judge_model_as_a`` / ``judge_model_as_b``, and ``score`` (the model's mean over its
+    parseable orders, None when neither parsed).
+    """
+    template = template if template is not None else load_instruct_template()
+    prompts, items = [], []
+    for r in rows:
+        for a, b in ((r["output"], r["reference"]), (r["reference"], r["output"])):
+            items.append({"question": r["instruction"], "answer_a": a, "answer_b": b})
+            prompts.append(fill(template, {"question": r["instruction"], "answer_a": a, "answer_b": b}))
+    step = max(2, judge_batch - judge_batch % 2)
+    starts = range(0, len(prompts), step)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="judge", unit="call")
+    replies: list = []
+    for s in starts:
+        replies += _call_judge(judge, prompts[s: s + step], items[s: s + step])
+    out = []
+    for k, r in enumerate(rows):
+        first, second = replies[2 * k], replies[2 * k + 1]
+        va, vb = parse_verdict(first), parse_verdict(second)
+        scores = ([FIRST_SCORE[va]] if va else []) + ([1.0 - FIRST_SCORE[vb]] if vb else [])
+        out.append({**r, "verdict_model_as_a": va, "verdict_model_as_b": vb,
+                    "failed_model_as_a": not isinstance(first, str), "failed_model_as_b": not isinstance(second, str),
+                    "score": sum(scores) / len(scores) if scores else None,
+                    "judge_model_as_a": _reply_text(first), "judge_model_as_b": _reply_text(second)})
+    return out
+
+
+def summarize_instruct(rows: list[dict], wall: float | None = None) -> dict:
+    """Win rate (both orders averaged, ties half, unparseable verdicts excluded) and the counts.
+
+    ``wins`` / ``ties`` / ``losses`` count parseable verdicts from the model's side (two per
+    instruction at most); ``unjudged`` counts instructions with no parseable verdict.
+    """
+    per_order: dict[str, list[float]] = {"a": [], "b": []}
+    wins = ties = losses = unparseable = failed = unjudged = 0
+    for r in rows:
+        for side, verdict, fail in (("a", r["verdict_model_as_a"], r["failed_model_as_a"]),
+                                    ("b", r["verdict_model_as_b"], r["failed_model_as_b"])):
+            if verdict is None:
+                unparseable += 1
+                failed += bool(fail)
+                continue
+            score = FIRST_SCORE[verdict] if side == "a" else 1.0 - FIRST_SCORE[verdict]
+            per_order[side].append(score)
+            wins += score == 1.0
+            ties += score == 0.5
+            losses += score == 0.0
+        unjudged += r["verdict_model_as_a"] is None and r["verdict_model_as_b"] is None
+    rate = {side: (sum(v) / len(v) if v else None) for side, v in per_order.items()}
+    both = [x for x in rate.values() if x is not None]
+    n = len(rows)
+    out: dict = {
+        "task": "instruct",
+        "num_instructions": n,
+        "win_rate": sum(both) / len(both) if both else None,
+        "win_rate_model_as_a": rate["a"],
+        "win_rate_model_as_b": rate["b"],
+        "wins": wins, "ties": ties, "losses": losses,
+        "num_verdicts": 2 * n,
+        "unparseable_verdicts": unparseable,
+        "failed_judge_calls": failed,
+        "unparseable_share": unparseable / (2 * n) if n else 0.0,
+        "unjudged": unjudged,
+    }
+    tok = [r["num_tokens"] for r in rows if "num_tokens" in r]
+    if tok:
+        out["mean_tokens"] = sum(tok) / len(tok)
+        out["truncated_share"] = sum(bool(r.get("truncated")) for r in rows) / len(tok)
+    if wall is not None:
+        out["wall_seconds"] = wall
+    return out
+
+
+def evaluate_instruct(model, tokenizer, records: list[dict], judge, *, template: str | None = None,
+                      temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 512,
+                      batch_size: int = 16, seed: int = 0, system: str | None = None, judge_batch: int = 64,
+                      progress: bool = False) -> tuple[list[dict], dict]:
+    """Answer every instruction (the paper's sampling by default), judge both orders, summarize.
+
+    Returns (rows of :func:`judge_answers`, :func:`summarize_instruct` plus ``judge`` and the
+    generation settings).
+    """
+    t0 = time.time()
+    rows = generate_answers(model, tokenizer, records, temperature=temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, system=system,
+                            progress=progress)
+    rows = judge_answers(judge, rows, template, judge_batch=judge_batch, progress=progress)
+    summary = summarize_instruct(rows, wall=time.time() - t0)
+    summary.update({"judge": getattr(judge, "name", type(judge).__name__), "temperature": temperature,
+                    "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed})
+    return rows, summary
