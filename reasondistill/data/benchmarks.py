@@ -211,14 +211,41 @@ def load_jsonl(
     extra_map = dict(extras) if isinstance(extras, Mapping) else {f: f for f in extras}
     stem = path.stem
     source = source or stem
+    records: list[dict] = []
+    for where, line_no, row in iter_json_objects(path, limit):
+        require_fields(row, [*q_fields, *([answer_field] if answer_field else [])], where)
+        question = _join_question([str(row[f]) if row[f] is not None else "" for f in q_fields])
+        answer, solution = _convert_answer(row[answer_field]) if answer_field else ("", None)
+        rid = row.get(id_field) if id_field else None
+        rec: dict[str, Any] = {
+            "id": str(rid) if rid is not None and str(rid) != "" else f"{stem}-{line_no}",
+            "question": question,
+            "answer": answer,
+            "source": source,
+        }
+        if solution is not None:
+            rec["solution"] = solution
+        for key, f in extra_map.items():
+            if f in row and key not in rec:
+                rec[key] = row[f]
+        records.append(rec)
+    return records
+
+
+def iter_json_objects(path: str | os.PathLike, limit: int | None = None):
+    """Yield ``(where, line_no, row)`` for each JSON object line of ``path`` (blank lines skipped),
+    at most ``limit`` of them; ``where`` is ``"{path}, line {n}"`` for error messages.
+
+    Raises ``DataError`` naming the file and the 1-based line for a file that cannot be opened, a
+    line that is not JSON, or one that is not an object."""
     try:
         fh = open(path, encoding="utf-8")
     except OSError as e:
         raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
-    records: list[dict] = []
+    n = 0
     with fh:
         for line_no, line in enumerate(fh, start=1):
-            if limit is not None and len(records) >= limit:
+            if limit is not None and n >= limit:
                 break
             if not line.strip():
                 continue
@@ -229,26 +256,18 @@ def load_jsonl(
                 raise DataError(f"{where}: malformed JSON: {e}") from e
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            present = ", ".join(row) or "(none)"
-            for f in [*q_fields, *([answer_field] if answer_field else [])]:
-                if f not in row:
-                    raise DataError(f"{where}: missing field {f!r}; fields present: {present}")
-            question = _join_question([str(row[f]) if row[f] is not None else "" for f in q_fields])
-            answer, solution = _convert_answer(row[answer_field]) if answer_field else ("", None)
-            rid = row.get(id_field) if id_field else None
-            rec: dict[str, Any] = {
-                "id": str(rid) if rid is not None and str(rid) != "" else f"{stem}-{line_no}",
-                "question": question,
-                "answer": answer,
-                "source": source,
-            }
-            if solution is not None:
-                rec["solution"] = solution
-            for key, f in extra_map.items():
-                if f in row and key not in rec:
-                    rec[key] = row[f]
-            records.append(rec)
-    return records
+            n += 1
+            yield where, line_no, row
+
+
+def require_fields(row: dict, names, where: str, nonempty_str: bool = False) -> None:
+    """``DataError`` naming the place and the fields present when a field is missing (or, with
+    ``nonempty_str``, not a non-empty string)."""
+    for f in names:
+        if f not in row:
+            raise DataError(f"{where}: missing field {f!r}; fields present: {', '.join(row) or '(none)'}")
+        if nonempty_str and (not isinstance(row[f], str) or not row[f].strip()):
+            raise DataError(f"{where}: field {f!r} must be a non-empty string, got {row[f]!r:.80}")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import random
 import re
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..data.benchmarks import DataError
+from ..data.benchmarks import DataError, iter_json_objects, require_fields
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -153,21 +152,8 @@ def load_choice_file(path: str | os.PathLike, *, question_field: str = "question
                 records.append(_record(row[0], row[1:-1], row[-1].strip(), f"{file_subject}-{start}",
                                        file_subject, source, where))
         else:
-            for line_no, line in enumerate(fh, start=1):
-                if limit is not None and len(records) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                where = f"{path}, line {line_no}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: malformed JSON: {e}") from e
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                for f in (question_field, choices_field, answer_field):
-                    if f not in row:
-                        raise DataError(f"{where}: missing field {f!r}; fields present: {', '.join(row) or '(none)'}")
+            for where, line_no, row in iter_json_objects(path, limit):
+                require_fields(row, (question_field, choices_field, answer_field), where)
                 choices = row[choices_field]
                 if isinstance(choices, dict):
                     keys = sorted(choices)

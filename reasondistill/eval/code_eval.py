@@ -35,7 +35,6 @@ Pieces
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -43,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from ..data.benchmarks import DataError, resolve_data_dir
+from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_data_dir
 from .sandbox import run_program
 
 __all__ = [
@@ -101,27 +100,11 @@ def load_code_benchmark(path_or_name: str | os.PathLike, data_dir: str | os.Path
     if not path.is_file():
         raise DataError(f"code benchmark file {path} not found")
     records: list[dict] = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if limit is not None and len(records) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for f in REQUIRED_FIELDS:
-                if f not in row:
-                    raise DataError(f"{where}: missing field {f!r}; fields present: {', '.join(row) or '(none)'}")
-                if not isinstance(row[f], str) or not row[f].strip():
-                    raise DataError(f"{where}: field {f!r} must be a non-empty string, got {row[f]!r:.80}")
-            if not re.fullmatch(r"[A-Za-z_]\w*", row["entry_point"]):
-                raise DataError(f"{where}: entry_point {row['entry_point']!r} is not a Python identifier")
-            records.append({**row, "id": row["task_id"], "source": source})
+    for where, _, row in iter_json_objects(path, limit):
+        require_fields(row, REQUIRED_FIELDS, where, nonempty_str=True)
+        if not re.fullmatch(r"[A-Za-z_]\w*", row["entry_point"]):
+            raise DataError(f"{where}: entry_point {row['entry_point']!r} is not a Python identifier")
+        records.append({**row, "id": row["task_id"], "source": source})
     return records
 
 

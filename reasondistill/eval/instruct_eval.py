@@ -31,12 +31,11 @@ Pieces
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
-from ..data.benchmarks import DataError, resolve_data_dir
+from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_data_dir
 from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
 
 __all__ = [
@@ -87,31 +86,15 @@ def load_instruct_benchmark(name_or_path: str | os.PathLike, data_dir: str | os.
     if not path.is_file():
         raise DataError(f"instruction benchmark file {path} not found")
     records: list[dict] = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if limit is not None and len(records) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for f in (instruction_field, reference_field):
-                if f not in row:
-                    raise DataError(f"{where}: missing field {f!r}; fields present: {', '.join(row) or '(none)'}")
-                if not isinstance(row[f], str) or not row[f].strip():
-                    raise DataError(f"{where}: field {f!r} must be a non-empty string, got {row[f]!r:.80}")
-            rid = row.get(id_field)
-            rec = {"id": str(rid) if rid not in (None, "") else f"{path.stem}-{line_no}",
-                   "instruction": row[instruction_field], "reference": row[reference_field], "source": source}
-            for extra in ("dataset", "generator"):
-                if extra in row:
-                    rec[extra] = row[extra]
-            records.append(rec)
+    for where, line_no, row in iter_json_objects(path, limit):
+        require_fields(row, (instruction_field, reference_field), where, nonempty_str=True)
+        rid = row.get(id_field)
+        rec = {"id": str(rid) if rid not in (None, "") else f"{path.stem}-{line_no}",
+               "instruction": row[instruction_field], "reference": row[reference_field], "source": source}
+        for extra in ("dataset", "generator"):
+            if extra in row:
+                rec[extra] = row[extra]
+        records.append(rec)
     return records
 
 
