@@ -1,4 +1,5 @@
-"""Worker for the two-process test: trains sft for 3 steps and writes the final model."""
+"""Worker for the two-process tests: trains sft (or the method named by argv[5], e.g. cmdp) for 3
+steps and writes the final model."""
 
 import json
 import sys
@@ -8,13 +9,17 @@ import torch.distributed as dist
 
 from reasondistill.config import build_config
 from reasondistill.engine import train
-from reasondistill.methods import sft
+from reasondistill.methods import get_method
 
 tiny, out, name, batch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-cfg = build_config(sft.Config, overrides=dict(
+method = get_method(sys.argv[5] if len(sys.argv) > 5 else "sft")
+extra = {} if method.__name__.endswith(".sft") else dict(teacher=str(tiny / "teacher"), num_generations=2,
+                                                           gradient_accumulation_steps=2)
+cfg = build_config(method.Config, overrides=dict(
     student=str(tiny / "student"), output_dir=str(out / name), max_steps=3, per_device_train_batch_size=batch,
-    train_size=64, report_to="none", progress=False, learning_rate=1e-2, max_completion_length=16))  # device=auto
-res = train(sft, cfg)
+    train_size=64, report_to="none", progress=False, learning_rate=1e-2, max_completion_length=16,
+    **extra))  # device=auto
+res = train(method, cfg)
 acc = res["context"].accelerator
 if acc.num_processes > 1:
     ranks = [None] * acc.num_processes

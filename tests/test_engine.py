@@ -158,6 +158,22 @@ def test_two_processes_match_one_process_with_doubled_batch(tiny_models, tmp_pat
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_cmdp_trains_in_two_processes(tiny_models, tmp_path):
+    """The on-policy methods under torchrun (gloo, CPU), with accumulation: both ranks sample,
+    gradients are all-reduced (the two copies end identical), no hang, finite metrics."""
+    script = ROOT / "tests" / "ddp_worker.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER"))}
+    env["OMP_NUM_THREADS"] = "1"
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tiny_models), str(tmp_path), "ddp", "2", "cmdp"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "ranks.json").read_text()) == {"world": 2, "ranks": [0, 1]}
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) and r["kl/step_mean"] > 0 for r in rows)
+
+
 def test_teacher_with_padded_vocab_rows_trains_on_the_shared_range(tiny_models, tmp_path):
     """Qwen2.5-7B has 152,064 rows vs 151,936: extra rows are padding, compare the shared range only."""
     from transformers import AutoModelForCausalLM
