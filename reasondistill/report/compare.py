@@ -74,7 +74,8 @@ EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
+    """A folder name for a run: ``GKD-GRPO λ=0.1`` -> ``GKD-GRPO_lambda=0.1``."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name.replace("λ", "lambda")).strip("_") or "run"
 
 
 def load_config(path: str | Path) -> dict:
