@@ -384,9 +384,9 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
 
     fac, cs = _avg(records, benches, "fac"), _avg(records, benches, "cs")
     rwr, rlr, kl = _avg(records, benches, "rwr"), _avg(records, benches, "rlr"), _avg(records, benches, "kl_mean")
-    pts = {n: (100 * cs[n], 100 * fac[n]) for n in methods + ["Student model", "Bootstrapped student"]
-           if n in cs and cs[n] is not None}
-    pareto_plot(pts, out / "pareto.png")
+    pts = {n: (100 * cs[n], 100 * fac[n]) for n in methods if cs.get(n) is not None}
+    refs = {n: (100 * cs[n], 100 * fac[n]) for n in ("Student model", "Bootstrapped student") if cs.get(n) is not None}
+    pareto_plot(pts, out / "pareto.png", references=refs)
     axes = ["FAC", "RWR", "CS", "1 - RLR", "exp(-KL)"]
     radar = {n: {"FAC": fac[n], "RWR": rwr[n] or 0.0, "CS": cs[n] or 0.0, "1 - RLR": 1 - (rlr[n] or 0.0),
                  "exp(-KL)": math.exp(-kl[n]) if kl[n] is not None else 0.0} for n in methods}

@@ -87,10 +87,16 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def pareto_plot(points: dict[str, tuple[float, float]], out_png: str | Path, xlabel: str = "constraint satisfaction (%)",
-                ylabel: str = "final answer correctness (%)", title: str = "FAC vs constraint satisfaction") -> Path:
-    """Scatter of (x, y) per method; Pareto-optimal points in red and joined (Figure 3)."""
+                ylabel: str = "final answer correctness (%)", title: str = "FAC vs constraint satisfaction",
+                references: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Scatter of (x, y) per method; Pareto-optimal points in red and joined (Figure 3).
+    ``references`` (e.g. the student before training) are drawn as hollow squares and take no
+    part in the front."""
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for n, (x, y) in (references or {}).items():
+        ax.scatter([x], [y], s=60, marker="s", facecolor="none", edgecolor="tab:blue", zorder=3)
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
     for n, (x, y) in points.items():
         on = n in front
         ax.scatter([x], [y], s=60, color="tab:red" if on else "tab:gray", zorder=3,
@@ -101,13 +107,15 @@ def pareto_plot(points: dict[str, tuple[float, float]], out_png: str | Path, xla
         ax.plot([p[0] for p in fp], [p[1] for p in fp], color="tab:red", lw=1, ls="--", zorder=2)
     ax.scatter([], [], color="tab:red", edgecolor="black", label="Pareto front")
     ax.scatter([], [], color="tab:gray", label="dominated")
+    if references:
+        ax.scatter([], [], marker="s", facecolor="none", edgecolor="tab:blue", label="reference (not a method)")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    xs = [p[0] for p in points.values()]
-    ys = [p[1] for p in points.values()]
+    xs = [p[0] for p in [*points.values(), *(references or {}).values()]]
+    ys = [p[1] for p in [*points.values(), *(references or {}).values()]]
     ax.set_xlim(min(xs) - 5, max(xs) + 12)
     ax.set_ylim(min(ys) - 5, max(ys) + 5)
     fig.tight_layout()
