@@ -139,7 +139,8 @@ def f64(m):
 
 
 def close(a, b, rel=1e-5, abs_=1e-7):
-    assert float(a) == pytest.approx(float(b), rel=rel, abs=abs_), (float(a), float(b))
+    a, b = (float(x.detach()) if torch.is_tensor(x) else float(x) for x in (a, b))
+    assert a == pytest.approx(b, rel=rel, abs=abs_), (a, b)
 
 
 def grads_close(model, m64):
