@@ -270,6 +270,22 @@ def require_fields(row: dict, names, where: str, nonempty_str: bool = False) -> 
             raise DataError(f"{where}: field {f!r} must be a non-empty string, got {row[f]!r:.80}")
 
 
+def resolve_named_file(name_or_path, names: Mapping[str, str], data_dir=None, kind: str = "benchmark") -> tuple[Path, str]:
+    """``(path, source)`` of a benchmark given by name (a key of ``names``, the file under the data
+    directory) or by path to a ``.jsonl`` file (source = its stem); ``DataError`` otherwise."""
+    name = str(name_or_path)
+    if name in names and not os.path.exists(name):
+        path, source = resolve_data_dir(data_dir) / names[name], name
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.suffix and not path.exists():
+            raise DataError(f"unknown {kind} {name!r}; valid names: {', '.join(names)}, or a path to a .jsonl file")
+        source = path.stem
+    if not path.is_file():
+        raise DataError(f"{kind} file {path} not found")
+    return path, source
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The benchmark data directory: the argument, else ``$REASONDISTILL_DATA_DIR``."""
     if data_dir is None:

@@ -39,10 +39,9 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Sequence
 
-from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_data_dir
+from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_named_file
 from .sandbox import run_program
 
 __all__ = [
@@ -87,18 +86,7 @@ def load_code_benchmark(path_or_name: str | os.PathLike, data_dir: str | os.Path
             object, or a row missing a required field or with a non-string one; the message
             names the file and the 1-based line.
     """
-    name = str(path_or_name)
-    if name in CODE_BENCHMARKS and not os.path.exists(name):
-        path = resolve_data_dir(data_dir) / CODE_BENCHMARKS[name]
-        source = name
-    else:
-        path = Path(path_or_name).expanduser()
-        if not path.suffix and not path.exists():
-            raise DataError(f"unknown code benchmark {name!r}; valid names: {', '.join(CODE_BENCHMARKS)}, "
-                            f"or a path to a .jsonl file")
-        source = path.stem
-    if not path.is_file():
-        raise DataError(f"code benchmark file {path} not found")
+    path, source = resolve_named_file(path_or_name, CODE_BENCHMARKS, data_dir, kind="code benchmark")
     records: list[dict] = []
     for where, _, row in iter_json_objects(path, limit):
         require_fields(row, REQUIRED_FIELDS, where, nonempty_str=True)

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
-from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_data_dir
+from ..data.benchmarks import iter_json_objects, require_fields, resolve_named_file
 from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
 
 __all__ = [
@@ -74,17 +73,7 @@ def load_instruct_benchmark(name_or_path: str | os.PathLike, data_dir: str | os.
     Raises:
         DataError (a ``ValueError``) naming the file and the 1-based line.
     """
-    name = str(name_or_path)
-    if name in INSTRUCT_BENCHMARKS and not os.path.exists(name):
-        path, source = resolve_data_dir(data_dir) / INSTRUCT_BENCHMARKS[name], name
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.suffix and not path.exists():
-            raise DataError(f"unknown instruction benchmark {name!r}; valid names: "
-                            f"{', '.join(INSTRUCT_BENCHMARKS)}, or a path to a .jsonl file")
-        source = path.stem
-    if not path.is_file():
-        raise DataError(f"instruction benchmark file {path} not found")
+    path, source = resolve_named_file(name_or_path, INSTRUCT_BENCHMARKS, data_dir, kind="instruction benchmark")
     records: list[dict] = []
     for where, line_no, row in iter_json_objects(path, limit):
         require_fields(row, (instruction_field, reference_field), where, nonempty_str=True)

@@ -32,7 +32,6 @@ column i (the paper's Figure 4: "averaging over columns gives RWR and over rows 
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -177,15 +176,10 @@ def _key(row: dict) -> tuple:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+    """The per-example rows of an eval JSONL (errors name the file and line)."""
+    from ..data.benchmarks import iter_json_objects
+
+    return [row for _, _, row in iter_json_objects(path)]
 
 
 def compare_pair(judge, rows_a: list[dict], rows_b: list[dict], template: str | None = None) -> tuple[dict, list[dict]]:
