@@ -97,11 +97,15 @@ def pareto_plot(points: dict[str, tuple[float, float]], out_png: str | Path, xla
     for n, (x, y) in (references or {}).items():
         ax.scatter([x], [y], s=60, marker="s", facecolor="none", edgecolor="tab:blue", zorder=3)
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
-    for n, (x, y) in points.items():
+    numbered = len(points) > 5  # many methods: number the points and list the names beside the axes
+    for k, (n, (x, y)) in enumerate(points.items(), 1):
         on = n in front
         ax.scatter([x], [y], s=60, color="tab:red" if on else "tab:gray", zorder=3,
                    edgecolor="black" if on else "none")
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(str(k) if numbered else n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if numbered:
+        key = "\n".join(f"{k}  {n}" + ("  (front)" if n in front else "") for k, n in enumerate(points, 1))
+        fig.text(0.99, 0.5, key, fontsize=8, va="center", ha="left", family="monospace")
     fp = sorted(points[n] for n in front)
     if len(fp) > 1:
         ax.plot([p[0] for p in fp], [p[1] for p in fp], color="tab:red", lw=1, ls="--", zorder=2)
@@ -120,7 +124,7 @@ def pareto_plot(points: dict[str, tuple[float, float]], out_png: str | Path, xla
     ax.set_ylim(min(ys) - 5, max(ys) + 5)
     fig.tight_layout()
     out = Path(out_png)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # keeps the numbered key
     plt.close(fig)
     return out
 
