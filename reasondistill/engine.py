@@ -238,7 +238,9 @@ class Context:
             step_kl = losses.reverse_kl(s[..., : self.shared_vocab].float() / temperature, t_logp)  # (N, C)
             inside = ids.clamp(max=t_logp.shape[-1] - 1)
             teacher_logp = t_logp.gather(-1, inside.unsqueeze(-1)).squeeze(-1)  # (N, C)
-            teacher_logp = torch.where(ids < t_logp.shape[-1], teacher_logp, -math.inf)
+            # a token outside the shared vocabulary: the teacher's floor mass (finite), not -inf
+            teacher_logp = torch.where(ids < t_logp.shape[-1], teacher_logp,
+                                       math.log(max(teacher_floor, 1e-30) / t_logp.shape[-1]))
             return {"logp": logp, "step_kl": step_kl, "teacher_logp": teacher_logp}
         if self.accelerator.num_processes > 1:
             raise NotImplementedError("loss_chunk_size > 0 is single-process for now; set loss_chunk_size=0")
@@ -259,7 +261,7 @@ class Context:
             if teacher_floor:
                 raw = torch.logaddexp(raw + math.log1p(-teacher_floor), torch.full_like(
                     raw, math.log(teacher_floor / w_t.shape[0])))
-            teacher_logp = torch.where(ids < w_t.shape[0], raw, -math.inf)
+            teacher_logp = torch.where(ids < w_t.shape[0], raw, math.log(max(teacher_floor, 1e-30) / w_t.shape[0]))
         return {"logp": logp, "step_kl": step_kl, "teacher_logp": teacher_logp}
 
     def student_logits(self, batch) -> torch.Tensor:

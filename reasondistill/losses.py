@@ -360,8 +360,11 @@ def cmdp_token_rewards(
 
     * S_t = sum of step_kl over counted u < t (the budget spent before t).
     * D = ``budget`` (``budget_mode="sum"``, a per-answer budget) or ``budget`` x the row's
-      number of counted tokens (``"length_normalized"``: a finished row is feasible iff its mean
-      per-token KL <= budget, how the paper reports constraint satisfaction at d = 0.35).
+      number of counted tokens (``"length_normalized"``, so that the budget scales like the mean
+      per-token KL by which the paper reports constraint satisfaction at d = 0.35). As in eq. (4),
+      the reward at t only sees the cost of the tokens *before* t, so the last token's own KL never
+      decides a violation: a row is feasible throughout iff its KL summed over all but the last
+      token is <= D (the eval's CS averages over every token).
     * violated_t = D - S_t < 0 at counted t (the paper's feasible set is D - S_t >= 0).
       Because S_t only counts *earlier* tokens, with budget >= 0 the earliest possible
       violation is the second counted token.

@@ -62,8 +62,29 @@ def test_compare_two_tiny_configs_end_to_end(tmp_path, tiny_models, capsys):
     C.run_compare(p, progress=False)
     err = capsys.readouterr().err
     assert "already trained" in err and "training" not in err.replace("already trained", "")
-    assert "evaluating" not in err
+    assert "evaluating" not in err and "judging" not in err
     assert (out / "runs" / "CMDP" / "final" / "model.safetensors").stat().st_mtime == mtime
+    # changed evaluation settings are not served from the cache: evaluated and judged again
+    import yaml
+
+    cfg = yaml.safe_load(p.read_text())
+    cfg["eval"]["kl_budget"] = 0.1
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    C.run_compare(p, progress=False)
+    err = capsys.readouterr().err
+    assert "evaluating CMDP" in err and "judging" in err and "already trained" in err
+    assert json.loads((out / "eval" / "CMDP" / "arith_summary.json").read_text())["kl_budget"] == 0.1
+
+
+def test_typo_in_common_is_refused(tmp_path, tiny_models):
+    import yaml
+
+    p = write_cfg(tmp_path, tiny_models, [{"name": "x", "method": "cmdp"}])
+    cfg = yaml.safe_load(p.read_text())
+    cfg["common"]["lerning_rate"] = 1.0
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        C.load_config(p)
 
 
 def test_sweep_expands_and_names(tmp_path, tiny_models):
@@ -78,6 +99,10 @@ def test_sweep_expands_and_names(tmp_path, tiny_models):
     ([{"name": "x", "method": "cmdp", "budgett": 0.3}], "budgett"),
     ([{"name": "x", "method": "nope"}], "unknown method"),
     ([{"name": "x", "method": "cmdp"}, {"name": "x", "method": "gkd_rl"}], "unique"),
+    ([{"name": "G λ=1", "method": "cmdp"}, {"name": "G lambda=1", "method": "gkd_rl"}], "same folder"),
+    ([{"name": "Student model", "method": "cmdp"}], "reference rows"),
+    ([{"name": "x", "method": "gkd_grpo", "sweep": {"lmbda": 0.1}}], "non-empty list"),
+    ([{"name": "x {beta}", "method": "gkd_grpo", "sweep": {"lmbda": [0.1]}}], "swept key"),
 ])
 def test_bad_configs_fail_before_any_training(tmp_path, tiny_models, runs, match):
     p = write_cfg(tmp_path, tiny_models, runs)

@@ -24,6 +24,7 @@ WRONG = "7-7=0\n0-8=-8\n-8+9=2\n\\boxed{2}"
 @pytest.mark.parametrize("text,want", [
     ("A is better.\n[[A]]", "A"), ("[[B]]", "B"), ("tie [[C]]", "C"), ("first [[A]] then [[B]]", "B"),
     ("[[ A ]]", "A"), ("Verdict: A wins", "A"), ("Verdict: B", "B"), ("verdict: tie", "C"),
+    ("My verdict: a tie.", "C"), ("Verdict: a clear win for B", None), ("Verdict: Alpha", None),
     ("I cannot decide.", None), ("", None), ("[[D]]", None), (None, None), (RuntimeError("x"), None),
 ])
 def test_parse_verdict(text, want):

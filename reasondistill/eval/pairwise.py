@@ -42,8 +42,8 @@ PLACEHOLDERS = ("{question}", "{answer}", "{solution_a}", "{solution_b}")
 FIRST_SCORE = {"A": 1.0, "B": 0.0, "C": 0.5}
 """What a verdict scores for the response shown first (win / loss / tie); the second gets 1 minus it."""
 _BRACKET = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-_WORDS = re.compile(r"verdict\s*[:\-]?\s*(?:response\s*)?\(?([AB])\)?\s*(?:wins|is better)?\b|verdict\s*[:\-]?\s*(tie)\b",
-                    re.IGNORECASE)
+_WORDS = re.compile(r"verdict\s*[:\-]?\s*(?:response\s*)?\(?((?-i:[AB]))(?![A-Za-z])\)?\s*(?:wins|is better)?|"
+                    r"verdict\s*[:\-]?\s*(?:a\s+)?(tie)\b", re.IGNORECASE)  # the letter is case-sensitive: "a tie" is no A
 
 
 def load_template(path: str | Path | None = None, default: str = DEFAULT_TEMPLATE,

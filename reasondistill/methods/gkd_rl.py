@@ -6,7 +6,7 @@ than the REINFORCE-style update of Agarwal et al. (2024) for consistency." Per g
 r_t = log mu(a_t|s_t) - log pi_theta(a_t|s_t), the sampled-token estimate of -KL(pi_theta || mu)
 at s_t (teacher floored; ``kl_reward=full`` uses the exact full-vocabulary -C_t, a state-only
 reward whose policy gradient misses the direct term: see ``onpolicy.py``); the task reward is
-ignored; advantages and the clipped update are the shared ones of ``onpolicy.py`` (process
+ignored; advantages and the clipped update are the shared ones of ``onpolicy.py`` (sequence
 advantages by default). This is tinker-cookbook's "on-policy distillation = reverse KL as
 per-token advantage".
 

@@ -36,6 +36,12 @@ class Config(OnPolicyConfig):
     single_step: bool = True
     """Add the single-step term (the exact gradient of the expected current-token reward)."""
 
+    def validate(self):
+        super().validate()
+        # minillm has its own advantage (future return) and reward (sampled log-ratio)
+        if self.advantage != "sequence" or self.kl_reward != "sampled":
+            raise ValueError("minillm computes its own advantages and reward: advantage and kl_reward do not apply")
+
 
 def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
     m = mask.bool()

@@ -64,6 +64,8 @@ import yaml
 
 from ..config import ConfigError
 
+REFERENCE_ROWS = ("Student model", "Bootstrapped student", "Teacher model")
+
 EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_new_tokens": 64, "batch_size": 64,
                  "judge": "rule", "judge_model": None, "judge_template": None, "data_dir": None, "seed": 0,
                  "student": True, "teacher": True,
@@ -118,18 +120,35 @@ def load_config(path: str | Path) -> dict:
         sweep = r.pop("sweep", None) or {}
         if len(sweep) > 1:
             raise ConfigError(f"{where}: sweep one key at a time, got {sorted(sweep)}")
+        if sweep and not all(isinstance(vs, list) and vs for vs in sweep.values()):
+            raise ConfigError(f"{where}: sweep needs a non-empty list of values, e.g. {{lmbda: [0.01, 0.1]}}")
         values = [(None, None)] if not sweep else [(key, v) for key, vs in sweep.items() for v in vs]
         for key, v in values:
             over = dict(r)
             nm = name
             if key is not None:
                 over[key] = v
-                nm = name.format(**{key: v}) if "{" in name else f"{name} {key}={v}"
+                try:
+                    nm = name.format(**{key: v}) if "{" in name else f"{name} {key}={v}"
+                except (KeyError, IndexError, ValueError):
+                    raise ConfigError(f"{where}: name {name!r} may only use {{{key}}}, the swept key") from None
             runs.append({"name": nm, "method": method, "overrides": over})
     names = [r["name"] for r in runs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{path}: run names must be unique, repeated: {sorted(dup)}")
+    slugs = [slug(n) for n in names]
+    clash = sorted({n for n in names if slugs.count(slug(n)) > 1})
+    if clash:
+        raise ConfigError(f"{path}: run names {clash} map to the same folder name; rename one")
+    taken = sorted(set(names) & set(REFERENCE_ROWS))
+    if taken:
+        raise ConfigError(f"{path}: {taken} name the reference rows of the table; choose other run names")
+    valid_somewhere = set().union(*[{f.name for f in fields(get_method(m).Config)} for m in
+                                    {r["method"] for r in runs} | ({boot["method"]} if boot else set())])
+    typos = sorted(set(data.get("common") or {}) - valid_somewhere)
+    if typos:
+        raise ConfigError(f"{path}: common keys {typos} are not a setting of any method here (a typo?)")
     return {"output_dir": data.get("output_dir", "runs/compare"), "common": data.get("common") or {},
             "bootstrap": boot, "runs": runs, "eval": ev, "path": str(path)}
 
@@ -184,6 +203,17 @@ def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
     return finals
 
 
+def _eval_settings(ev: dict, model_path) -> dict:
+    """What a cached evaluation must match to be reused: the settings and the model's weights
+    file (its modification time changes when the run is retrained)."""
+    from ..engine import resolve_model
+
+    p = Path(resolve_model(str(model_path)))
+    w = p / "model.safetensors"
+    return {"limit": ev["limit"], "kl_budget": ev["kl_budget"], "max_new_tokens": ev["max_new_tokens"],
+            "seed": ev["seed"], "model": str(p), "weights_mtime": w.stat().st_mtime if w.exists() else None}
+
+
 def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, dict]]:
     """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl."""
     import torch
@@ -201,9 +231,12 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
         for name, path in models.items():
             d = out / slug(name)
             summ = d / f"{bench}_summary.json"
+            settings = _eval_settings(ev, path)
             if summ.exists():
-                results.setdefault(name, {})[bench] = json.loads(summ.read_text())
-                continue
+                cached = json.loads(summ.read_text())
+                if cached.get("settings") == settings:
+                    results.setdefault(name, {})[bench] = cached
+                    continue
             if teacher is None:
                 teacher, t_tok = load_model(teacher_path), load_tokenizer(teacher_path)
             p = resolve_model(str(path))
@@ -218,7 +251,7 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
             rows, s = evaluate(model, tok, records, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                teacher=None if is_teacher else teacher, kl_budget=ev["kl_budget"],
                                shared_vocab=shared, seed=ev["seed"], progress=False)
-            s.update({"model": str(path), "benchmark": bench})
+            s.update({"model": str(path), "benchmark": bench, "settings": settings})
             write_results(d, rows, s, prefix=bench)
             results.setdefault(name, {})[bench] = s
     return results
@@ -304,9 +337,12 @@ def judge_methods(cfg: dict, names: list[str]) -> dict[str, dict]:
     judge, res = None, {}
     for bench in ev["benchmarks"]:
         cache = out / f"pairwise_{bench}.json"
+        files = [out / "eval" / slug(n) / f"{bench}_examples.jsonl" for n in names]
+        key = {"models": names, "judge": ev["judge"], "judge_model": ev["judge_model"],
+               "template": load_template(ev["judge_template"]), "answers_mtime": [f.stat().st_mtime for f in files]}
         if cache.exists():
             m = json.loads(cache.read_text())
-            if m.get("models") == names:
+            if m.get("cache_key") == key:
                 res[bench] = m
                 continue
         if judge is None:
@@ -315,6 +351,7 @@ def judge_methods(cfg: dict, names: list[str]) -> dict[str, dict]:
         print(f"[compare] judging {len(names) * (len(names) - 1) // 2} pairs on {bench} with {ev['judge']}",
               file=sys.stderr, flush=True)
         m = pairwise_matrix(judge, answers, load_template(ev["judge_template"]))
+        m["cache_key"] = key
         cache.write_text(json.dumps(m, indent=2) + "\n")
         res[bench] = m
     return res
@@ -331,7 +368,7 @@ def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tup
     tasks = [t for t in TASK_COLUMNS if cfg["eval"].get(t)]
     header += [f"{_task_label(cfg['eval'][t])} {TASK_COLUMNS[t][1]} ↑" for t in tasks]
     rows, records = [header], []
-    extra = [n for n in ("Student model", "Bootstrapped student", "Teacher model") if n in evals]
+    extra = [n for n in REFERENCE_ROWS if n in evals]
     for name in methods + extra:
         line, rec = [name], {"model": name}
         for b in benches:
