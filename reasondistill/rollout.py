@@ -27,6 +27,9 @@ Conventions every consumer relies on
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -204,13 +207,25 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_arg(model_cls) -> str:
+    """The keyword of the KV cache: ``cache`` in recent transformers (``past_key_values`` is
+    deprecated there and due to be removed), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def _out_cache(out):
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")
+
+
 def _prompt_forward(model, ids, mask):
     pos = position_ids_from_mask(mask)
     try:
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     except TypeError:  # a model without logits_to_keep
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values, pos[:, -1] + 1
+    return out.logits[:, -1].float(), _out_cache(out), pos[:, -1] + 1
 
 
 def _generate_chunk(model, prompts, G, max_new_tokens, greedy, temperature, top_p, eos, pad, u, device):
@@ -253,8 +268,8 @@ def _generate_chunk(model, prompts, G, max_new_tokens, greedy, temperature, top_
             cache.batch_select_indices(keep)
             active, tok = active[keep], tok[keep]
         out = model(input_ids=tok[:, None], attention_mask=attn[active, :P + t + 1],
-                    position_ids=(next_pos[active] + t)[:, None], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    position_ids=(next_pos[active] + t)[:, None], use_cache=True, **{_cache_arg(type(model)): cache})
+        cache = _out_cache(out)
         logits = out.logits[:, -1].float()
     return dict(prompt_ids=ids, prompt_mask=mask, completion_ids=out_ids[:, :steps],
                 completion_mask=out_mask[:, :steps], logprobs=out_lp[:, :steps], truncated=~finished)
