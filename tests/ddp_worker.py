@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from reasondistill.cli import leave_distributed
 from reasondistill.config import build_config
 from reasondistill.engine import train
 from reasondistill.methods import get_method
@@ -26,6 +27,4 @@ if acc.num_processes > 1:
     dist.all_gather_object(ranks, acc.process_index)
     if acc.is_main_process:
         (out / name / "ranks.json").write_text(json.dumps({"world": acc.num_processes, "ranks": ranks}))
-if dist.is_initialized():  # leave together: a rank exiting while the other still talks to the store aborts
-    dist.barrier()
-    dist.destroy_process_group()
+leave_distributed()  # what `reasondistill train` does: leave together, skip the interpreter teardown
