@@ -196,19 +196,24 @@ class Context:
             if kind == "generalized_jsd":
                 return losses.generalized_jsd(s, t, beta=beta, temperature=temperature)
             return getattr(losses, kind)(s, t, temperature=temperature)
+        batch = batch.to(self.device)
+        sh, th, w_t = self._chunked_inputs(batch)
+        return losses.chunked_divergence(
+            sh, th, self.policy.get_output_embeddings().weight, w_t, batch.completion_mask, kind=kind, beta=beta,
+            temperature=temperature, chunk_size=chunk, vocab_limit=self.shared_vocab)
+
+    def _chunked_inputs(self, batch):
+        """For the vocabulary-chunked losses: the student's final hidden states (with grad), the
+        teacher's (no grad), and the teacher's LM head on the student's device (copied once)."""
         if self.accelerator.num_processes > 1:
             raise NotImplementedError("loss_chunk_size > 0 is single-process for now (it bypasses the DDP "
                                       "wrapper's forward); set loss_chunk_size=0 for multi-process runs")
-        batch = batch.to(self.device)
         with torch.no_grad():
             th = completion_hidden(self.teacher, batch.to(next(self.teacher.parameters()).device)).to(self.device)
         sh = completion_hidden(self.policy, batch)
         if "teacher_head" not in self.extras:  # a teacher on another device: copy its LM head once, not per step
             self.extras["teacher_head"] = self.teacher.get_output_embeddings().weight.detach().to(self.device)
-        return losses.chunked_divergence(
-            sh, th, self.policy.get_output_embeddings().weight,
-            self.extras["teacher_head"], batch.completion_mask, kind=kind, beta=beta,
-            temperature=temperature, chunk_size=chunk, vocab_limit=self.shared_vocab)
+        return sh, th, self.extras["teacher_head"]
 
     def policy_and_teacher(self, batch, temperature: float = 1.0, teacher_floor: float = 0.0) -> dict:
         """One student forward (with grad) and one teacher forward (no grad) on a rollout, for
@@ -229,7 +234,6 @@ class Context:
         batch = batch.to(self.device)
         ids, mask = batch.completion_ids, batch.completion_mask
         chunk = getattr(self.cfg, "loss_chunk_size", 0)
-        tdev = next(self.teacher.parameters()).device
         if not chunk:
             t = self.teacher_logits(batch) / temperature  # (N, C, Vs) no grad
             s = forward_logits(self.model, batch)  # (N, C, V) with grad
@@ -242,14 +246,8 @@ class Context:
             teacher_logp = torch.where(ids < t_logp.shape[-1], teacher_logp,
                                        math.log(max(teacher_floor, 1e-30) / t_logp.shape[-1]))
             return {"logp": logp, "step_kl": step_kl, "teacher_logp": teacher_logp}
-        if self.accelerator.num_processes > 1:
-            raise NotImplementedError("loss_chunk_size > 0 is single-process for now; set loss_chunk_size=0")
-        with torch.no_grad():
-            th = completion_hidden(self.teacher, batch.to(tdev)).to(self.device)
-        sh = completion_hidden(self.policy, batch)
-        if "teacher_head" not in self.extras:
-            self.extras["teacher_head"] = self.teacher.get_output_embeddings().weight.detach().to(self.device)
-        w_t = self.extras["teacher_head"][: self.shared_vocab]
+        sh, th, head = self._chunked_inputs(batch)
+        w_t = head[: self.shared_vocab]
         step_kl = losses.chunked_divergence(sh, th, self.policy.get_output_embeddings().weight, w_t, mask,
                                             kind="reverse_kl", temperature=temperature, chunk_size=chunk,
                                             vocab_limit=self.shared_vocab, teacher_floor=teacher_floor)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
+from .math_eval import length_stats
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -315,12 +316,7 @@ def summarize_choice(rows: list[dict], wall: float | None = None) -> dict:
     out["gold_letter_counts"] = {k: sum(r["gold"] == k for r in rows) for k in sorted({r["gold"] for r in rows})}
     preds = sorted({r["extracted"] for r in rows if r["extracted"] is not None})
     out["predicted_letter_counts"] = {k: sum(r["extracted"] == k for r in rows) for k in preds}
-    tok = [r["num_tokens"] for r in rows if "num_tokens" in r]
-    if tok:
-        out["mean_tokens"] = sum(tok) / len(tok)
-        out["truncated_share"] = sum(bool(r.get("truncated")) for r in rows) / len(tok)
-    if wall is not None:
-        out["wall_seconds"] = wall
+    out.update(length_stats(rows, wall))
     return out
 
 
@@ -337,29 +333,17 @@ def evaluate_choice(model, tokenizer, records: list[dict], *, seed: int = 0, shu
             ``correct``, ``num_tokens``, ``truncated``.
         summary: :func:`summarize_choice` plus ``seed`` and ``shuffle``.
     """
-    import torch
-
     from ..models import render_prompt
-    from ..rollout import generate
+    from .math_eval import generate_batches
 
-    do_sample = temperature > 0
-    gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
     shown = [shuffle_options(r, seed) if shuffle else {**r, "permutation": list(range(len(r["choices"])))}
              for r in records]
     rows: list[dict] = []
-    batches = range(0, len(shown), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="eval", unit="batch")
-    for start in batches:
-        chunk = shown[start: start + batch_size]
-        prompts = [render_prompt(tokenizer, format_prompt(r, instruction), system=system) for r in chunk]
-        roll = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens,
-                        temperature=temperature if do_sample else 1.0, top_p=top_p, do_sample=do_sample,
-                        generator=gen)
-        texts = roll.texts(tokenizer)
+    for chunk, roll, texts in generate_batches(
+            model, tokenizer, shown, lambda r: render_prompt(tokenizer, format_prompt(r, instruction), system=system),
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+            progress=progress):
         lengths = roll.completion_mask.sum(1).tolist()
         for j, text in enumerate(texts):
             rec = chunk[j]

@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_named_file
+from .math_eval import length_stats
 from .sandbox import run_program
 
 __all__ = [
@@ -214,12 +215,7 @@ def summarize_code(rows: list[dict], samples: int = 1, wall: float | None = None
             out[f"pass@{k}"] = sum(vals) / max(1, len(vals))
     out.update({"num_passed": counts["passed"], "num_failed": counts["failed"],
                 "num_timeouts": counts["timeout"], "num_errors": counts["error"]})
-    tok = [r["num_tokens"] for r in rows if "num_tokens" in r]
-    if tok:
-        out["mean_tokens"] = sum(tok) / len(tok)
-        out["truncated_share"] = sum(bool(r.get("truncated")) for r in rows) / len(tok)
-    if wall is not None:
-        out["wall_seconds"] = wall
+    out.update(length_stats(rows, wall))
     return out
 
 
@@ -288,37 +284,22 @@ def evaluate_code(model, tokenizer, records: list[dict], *, samples: int = 1, te
         summary: :func:`summarize_code` (``pass@1``, ``pass@k``, ``num_timeouts``,
             ``num_errors``, ``wall_seconds``, ...).
     """
-    import torch
-
     from ..models import render_prompt
-    from ..rollout import generate
+    from .math_eval import generate_batches
 
-    if samples < 1:
-        raise ValueError("samples must be >= 1")
-    do_sample = samples > 1 or temperature > 0
-    if samples > 1 and temperature <= 0:
-        temperature = 1.0
-    gen = torch.Generator().manual_seed(seed)
     kw = _sandbox_kwargs(timeout, memory_mb, sandbox)
     t0 = time.time()
     pending: list[tuple[dict, int, str, dict, object]] = []
-    batches = range(0, len(records), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="generate", unit="batch")
+    def make_prompt(r: dict) -> str:
+        return render_prompt(tokenizer, CHAT_INSTRUCTION.format(prompt=r["prompt"]), system=system) if chat \
+            else r["prompt"]
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in batches:
-            chunk = records[start: start + batch_size]
-            if chat:
-                prompts = [render_prompt(tokenizer, CHAT_INSTRUCTION.format(prompt=r["prompt"]), system=system)
-                           for r in chunk]
-            else:
-                prompts = [r["prompt"] for r in chunk]
-            roll = generate(model, tokenizer, prompts, num_generations=samples, max_new_tokens=max_new_tokens,
-                            temperature=temperature if do_sample else 1.0, top_p=top_p, do_sample=do_sample,
-                            generator=gen)
-            texts = roll.texts(tokenizer)
+        for chunk, roll, texts in generate_batches(
+                model, tokenizer, records, make_prompt, samples=samples, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
+                desc="generate"):
             lengths = roll.completion_mask.sum(1).tolist()
             for j, text in enumerate(texts):
                 rec = chunk[roll.group_index[j].item()]

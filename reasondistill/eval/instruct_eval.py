@@ -35,6 +35,7 @@ import os
 import time
 
 from ..data.benchmarks import iter_json_objects, require_fields, resolve_named_file
+from .math_eval import length_stats
 from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
 
 __all__ = [
@@ -117,27 +118,16 @@ def generate_answers(model, tokenizer, records: list[dict], *, temperature: floa
     """One answer per record (greedy when ``temperature == 0``): rows with ``id``,
     ``instruction``, ``reference``, ``output``, ``num_tokens``, ``truncated`` (and the record's
     ``dataset`` / ``generator``)."""
-    import torch
-
     from ..models import render_prompt
-    from ..rollout import generate
+    from .math_eval import generate_batches
 
-    do_sample = temperature > 0
-    gen = torch.Generator().manual_seed(seed)
     rows: list[dict] = []
-    batches = range(0, len(records), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="answer", unit="batch")
-    for start in batches:
-        chunk = records[start: start + batch_size]
-        prompts = [render_prompt(tokenizer, r["instruction"], system=system) for r in chunk]
-        roll = generate(model, tokenizer, prompts, num_generations=1, max_new_tokens=max_new_tokens,
-                        temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
-                        do_sample=do_sample, generator=gen)
+    for chunk, roll, texts in generate_batches(
+            model, tokenizer, records, lambda r: render_prompt(tokenizer, r["instruction"], system=system),
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+            progress=progress, desc="answer"):
         lengths = roll.completion_mask.sum(1).tolist()
-        for j, text in enumerate(roll.texts(tokenizer)):
+        for j, text in enumerate(texts):
             rec = chunk[j]
             row = {"id": rec["id"], "instruction": rec["instruction"], "reference": rec["reference"],
                    "output": text, "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
@@ -242,12 +232,7 @@ def summarize_instruct(rows: list[dict], wall: float | None = None) -> dict:
         "unparseable_share": unparseable / (2 * n) if n else 0.0,
         "unjudged": unjudged,
     }
-    tok = [r["num_tokens"] for r in rows if "num_tokens" in r]
-    if tok:
-        out["mean_tokens"] = sum(tok) / len(tok)
-        out["truncated_share"] = sum(bool(r.get("truncated")) for r in rows) / len(tok)
-    if wall is not None:
-        out["wall_seconds"] = wall
+    out.update(length_stats(rows, wall))
     return out
 
 

@@ -59,31 +59,56 @@ def eval_records(benchmark: str, data_dir: str | None = None, limit: int | None 
     return load_benchmark(benchmark, data_dir, limit=limit)
 
 
-def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
-             top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, teacher=None,
-             kl_budget: float | None = 0.35, shared_vocab: int | None = None, seed: int = 0,
-             system: str | None = None, progress: bool = False) -> tuple[list[dict], dict]:
-    """Evaluate ``model`` on ``records`` (dicts with id, question, answer); returns (rows, summary)."""
+def generate_batches(model, tokenizer, records: list, make_prompt, *, samples: int = 1, temperature: float = 0.0,
+                     top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
+                     progress: bool = False, desc: str = "eval"):
+    """Yield ``(chunk, roll, texts)`` for consecutive batches of ``records``, every evaluation's
+    sampling loop: prompts from ``make_prompt(record)``, ``samples`` answers each, one generator
+    seeded with ``seed`` for the whole run; greedy unless ``samples > 1`` or ``temperature > 0``
+    (several samples at temperature 0 are drawn at 1.0)."""
     if samples < 1:
         raise ValueError("samples must be >= 1")
     do_sample = samples > 1 or temperature > 0
     if samples > 1 and temperature <= 0:
         temperature = 1.0
     gen = torch.Generator().manual_seed(seed)
-    rows: list[dict] = []
-    t0 = time.time()
     batches = range(0, len(records), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="eval", unit="batch")
+        batches = tqdm(batches, desc=desc, unit="batch")
     for start in batches:
         chunk = records[start: start + batch_size]
-        prompts = [render_prompt(tokenizer, r["question"], system=system) for r in chunk]
-        roll = generate(model, tokenizer, prompts, num_generations=samples, max_new_tokens=max_new_tokens,
-                        temperature=temperature if do_sample else 1.0, top_p=top_p, do_sample=do_sample,
-                        generator=gen)
-        texts = roll.texts(tokenizer)
+        roll = generate(model, tokenizer, [make_prompt(r) for r in chunk], num_generations=samples,
+                        max_new_tokens=max_new_tokens, temperature=temperature if do_sample else 1.0, top_p=top_p,
+                        do_sample=do_sample, generator=gen)
+        yield chunk, roll, roll.texts(tokenizer)
+
+
+def length_stats(rows: list[dict], wall: float | None = None) -> dict:
+    """``mean_tokens`` and ``truncated_share`` over the rows that carry ``num_tokens``, and
+    ``wall_seconds``: the tail every evaluation summary shares."""
+    out: dict = {}
+    tok = [r["num_tokens"] for r in rows if "num_tokens" in r]
+    if tok:
+        out["mean_tokens"] = sum(tok) / len(tok)
+        out["truncated_share"] = sum(bool(r.get("truncated")) for r in rows) / len(tok)
+    if wall is not None:
+        out["wall_seconds"] = wall
+    return out
+
+
+def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, teacher=None,
+             kl_budget: float | None = 0.35, shared_vocab: int | None = None, seed: int = 0,
+             system: str | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+    """Evaluate ``model`` on ``records`` (dicts with id, question, answer); returns (rows, summary)."""
+    rows: list[dict] = []
+    t0 = time.time()
+    for chunk, roll, texts in generate_batches(
+            model, tokenizer, records, lambda r: render_prompt(tokenizer, r["question"], system=system),
+            samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, seed=seed, progress=progress):
         kls = _kl_per_row(model, teacher, roll, shared_vocab).tolist() if teacher is not None else None
         lengths = roll.completion_mask.sum(1).tolist()
         for j, text in enumerate(texts):
