@@ -78,7 +78,7 @@ def _cmd_eval(args) -> int:
     import torch
 
     from .data.benchmarks import load_jsonl
-    from .engine import resolve_model
+    from .models import resolve_model
     from .eval.math_eval import eval_records, evaluate, write_results
     from .models import assert_compatible, load_model, load_tokenizer
 
@@ -120,7 +120,7 @@ def _cmd_eval_task(args) -> int:
     """``eval --task code|choice|instruct``: records, (judge), model, run, write, print."""
     import torch
 
-    from .engine import resolve_model
+    from .models import resolve_model
     from .eval.math_eval import write_results
     from .eval.task_runner import load_task_records, run_task
     from .models import load_model, load_tokenizer
@@ -203,14 +203,14 @@ def _cmd_eval_pairwise(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .report.compare import run_compare
+    from .pipelines.compare import run_compare
 
     run_compare(args.config, progress=not args.no_progress)
     return 0
 
 
 def _cmd_task(args) -> int:
-    from .tasks.build import build_assets
+    from .pipelines.build_task import build_assets
 
     if args.action != "build":
         raise SystemExit(f"unknown task action {args.action!r}; valid: build")
@@ -230,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="train with a method: sft, kd, gkd, grpo, cmdp, gkd_rl, gkd_grpo, minillm")
-    t.add_argument("method")
+    from .methods import METHODS
+
+    t = sub.add_parser("train", help=f"train with a method: {', '.join(METHODS)}")
+    t.add_argument("method", choices=METHODS)
     t.add_argument("--config", default=None, help="YAML file of key: value")
     t.add_argument("--list-keys", action="store_true", help="list every config key with its documentation")
     t.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="train several methods on one setup, evaluate, judge, and write the "
                                        "Table-1-style report with Pareto, radar and pairwise plots")
-    c.add_argument("config", help="compare YAML (see reasondistill/report/compare.py and configs/)")
+    c.add_argument("config", help="compare YAML (see reasondistill/pipelines/compare.py and configs/)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_cmd_compare)
 

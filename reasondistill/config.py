@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message says which and what is valid."""
+
 
 
 @dataclass
@@ -44,10 +44,39 @@ class TrainConfig:
     """``auto`` (accelerate's choice), ``cpu`` or ``cuda``."""
     teacher_device: str | None = None
     """Put the teacher on another device (e.g. ``cuda:1``); default: the student's device."""
+    tokenizer_compat: str = "strict"
+    """``strict``: teacher and student tokenizers must agree in vocabulary, tokenization, chat
+    template and EOS. ``shared_ids``: the same strings must map to the same ids over the whole
+    shared vocabulary, while templates and EOS may differ (each model keeps its own stop ids and
+    one prompt template renders the prompt for both): e.g. a Qwen3 teacher, a Qwen2.5 student."""
+    prompt_template: str | None = None
+    """How a question becomes the prompt both models see: ``none`` (the student tokenizer's chat
+    template) or a raw template string with ``{question}`` (e.g. ``models.TGPO_PROMPT_TEMPLATE``)."""
+    loss_chunk_size: int = 0
+    """>0: losses and signals from final hidden states this many tokens at a time, so the
+    [B, T, V] float32 logits of both models never exist at once (real vocabularies). 0: plain logits."""
+
+    # --- LoRA / QLoRA (TRL's names) -------------------------------------------------------
+    use_peft: bool = False
+    """Train a LoRA adapter instead of every weight; checkpoints and ``final/`` hold the adapter."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    lora_target_modules: str = "all-linear"
+    """Modules that get adapters: ``all-linear`` (every linear layer but the LM head) or a
+    comma-separated list of module names (e.g. ``q_proj,v_proj``)."""
+    load_in_4bit: bool = False
+    """QLoRA: load the student in 4-bit NF4 (needs CUDA and bitsandbytes) and train a LoRA adapter."""
+    merge_adapter: bool = False
+    """With use_peft: also write the merged full model to ``final/merged``."""
 
     # --- data ---------------------------------------------------------------------------
     dataset: str = "arith"
-    """``arith`` (the embedded task), a benchmark name (gsm8k_train, ...), or a JSONL path."""
+    """``arith`` (the embedded task; its own knobs as ``arith:size=20000,style=running,min_terms=4,
+    max_terms=4,max_operand=9``), a benchmark name (gsm8k_train, ...), or a JSONL path."""
     question_field: str = "question"
     """For a JSONL dataset: the question field (comma-separated fields are joined)."""
     answer_field: str | None = "answer"
@@ -56,16 +85,6 @@ class TrainConfig:
     """For a JSONL dataset: the worked-solution field used as the completion by sft/kd/gkd."""
     data_dir: str | None = None
     """Folder of the benchmark files (else the REASONDISTILL_DATA_DIR environment variable)."""
-    train_size: int = 20000
-    """For ``arith``: number of distinct training problems drawn."""
-    task_style: str = "running"
-    """For ``arith``: solution style of the training completions (running, grouped)."""
-    task_min_terms: int = 4
-    """For ``arith``: fewest operands per problem."""
-    task_max_terms: int = 4
-    """For ``arith``: most operands per problem."""
-    task_max_operand: int = 9
-    """For ``arith``: largest operand."""
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) are truncated from the left."""
     max_completion_length: int = 64
@@ -73,7 +92,13 @@ class TrainConfig:
 
     # --- optimisation -------------------------------------------------------------------
     max_steps: int = 100
-    """Optimizer steps."""
+    """Optimizer steps (``num_train_epochs > 0`` replaces it)."""
+    num_train_epochs: float = 0.0
+    """>0: train this many passes over the training records; sets max_steps."""
+    num_iterations: int = 1
+    """Optimizer steps per generation batch (TRL's name): prepare() runs every num_iterations
+    steps and the batch is reused in between, so from the second update on the importance ratio
+    of the policy-gradient methods differs from 1 and epsilon / epsilon_high clip."""
     per_device_train_batch_size: int = 32
     """Prompts (examples) per micro-batch on each process."""
     gradient_accumulation_steps: int = 1
@@ -92,6 +117,10 @@ class TrainConfig:
     """cosine, linear or constant (after warmup)."""
     warmup_steps: int = 0
     """Linear warmup steps from 0 to the peak learning rate."""
+    warmup_ratio: float = 0.0
+    """Warmup as a share of max_steps (used when warmup_steps is 0)."""
+    optim: str = "adamw_torch"
+    """adamw_torch, adamw_8bit or paged_adamw_8bit (the last two: bitsandbytes on CUDA)."""
     min_lr_ratio: float = 0.0
     """Learning rate at the end of the decay, as a fraction of the peak."""
     max_grad_norm: float = 1.0
@@ -116,7 +145,24 @@ class TrainConfig:
     max_time_seconds: float = 0.0
     """Stop after this much wall-clock training time (0: no limit); a checkpoint is written."""
     report_to: str = "tensorboard"
-    """``tensorboard`` or ``none`` (metrics.jsonl is always written)."""
+    """Comma-separated trackers: tensorboard, wandb, trackio (optional extras), or none;
+    metrics.jsonl is always written."""
+
+    # --- periodic evaluation and the best checkpoint (HF's names) -------------------------
+    eval_steps: int = 0
+    """Evaluate every N steps and at the end (0: never)."""
+    eval_dataset: str | None = None
+    """``split`` (hold out eval_size training records, never trained on), a benchmark name, a
+    JSONL path or an ``arith:...`` spec (read like dataset); none: no evaluation."""
+    eval_size: int = 200
+    """Records of the evaluation set (for a file or benchmark: its first N; 0: all)."""
+    metric_for_best_model: str = "eval/accuracy"
+    """eval/accuracy (greedy, graded), eval/token_accuracy or eval/loss (teacher-forced on the
+    records' solutions); the best checkpoint by it is kept whatever save_total_limit says."""
+    greater_is_better: bool | None = None
+    """Direction of metric_for_best_model (default: false for a *loss*, true otherwise)."""
+    load_best_model_at_end: bool = False
+    """Write the best checkpoint's model, not the last one, to final/."""
     progress: bool = True
     """Show a progress bar with ETA."""
     save_final_model: bool = True
@@ -228,18 +274,44 @@ def build_config(cls: type, yaml_path: str | Path | None = None, overrides: list
             put(k.strip().replace("-", "_"), v, "command line")
     cfg = cls(**values)
     _validate_common(cfg)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
+    if hasattr(cfg, "validate"):  # a method's own checks (methods/base.py); plain classes may have none
+        try:
+            cfg.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:  # every config error is a ConfigError, whoever raised it
+            raise ConfigError(str(e)) from None
     return cfg
 
 
 def _validate_common(cfg) -> None:
     """Checks of the shared fields, before anything touches the output folder."""
+    choices = {"tokenizer_compat": ("strict", "shared_ids"), "optim": ("adamw_torch", "adamw_8bit", "paged_adamw_8bit"),
+               "metric_for_best_model": ("eval/accuracy", "eval/token_accuracy", "eval/loss")}
+    for name, valid in choices.items():
+        if getattr(cfg, name) not in valid:
+            raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(cfg, name)!r}")
+    if cfg.prompt_template is not None and cfg.prompt_template != "chat" and "{question}" not in cfg.prompt_template:
+        raise ConfigError(f"prompt_template must contain {{question}} (or be none), got {cfg.prompt_template!r}")
+    if cfg.load_in_4bit and not cfg.use_peft:
+        raise ConfigError("load_in_4bit=true (QLoRA) trains a LoRA adapter: set use_peft=true too")
+    if cfg.merge_adapter and not cfg.use_peft:
+        raise ConfigError("merge_adapter=true needs use_peft=true")
+    if cfg.load_best_model_at_end and not (cfg.eval_steps and cfg.eval_dataset):
+        raise ConfigError("load_best_model_at_end=true needs eval_steps > 0 and an eval_dataset")
+    if cfg.eval_steps and not cfg.eval_dataset:
+        raise ConfigError("eval_steps > 0 needs eval_dataset (split, a benchmark, a file)")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    from .tracking import validate_report_to
+
+    validate_report_to(cfg.report_to)
     if cfg.mixed_precision not in ("no", "bf16"):
         raise ConfigError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
     if cfg.lr_scheduler_type not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler_type must be cosine, linear or constant, got {cfg.lr_scheduler_type!r}")
-    for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length"):
+    for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
+                 "num_iterations", "lora_r"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 

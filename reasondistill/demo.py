@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from .config import build_config
-from .engine import resolve_model, train
+from .engine import train
+from .models import resolve_model
 from .eval.math_eval import evaluate, write_results
 from .methods import gkd
 from .models import load_model, load_tokenizer

@@ -61,6 +61,8 @@ __all__ = [
     "sampled_token_logprobs",
     "tgpo_guidance_nll",
     "policy_gradient_loss",
+    "loss_normalizer",
+    "aggregate_loss",
     "linear_anneal",
     "validity_ratio",
     "prob_proxy_validity_weights",
@@ -565,10 +567,11 @@ def policy_gradient_loss(
     with L = ``max_completion_length`` (required for ``dr_grpo``). ``normalizer`` replaces the
     whole denominator. Empty masks give loss 0 (not NaN); a row without counted tokens adds 0.
 
-    ``stats`` holds detached floats over this call's counted tokens: ``clip_ratio/low``
-    (ratio < 1 - eps_low with A < 0), ``clip_ratio/high`` (ratio > 1 + eps_high with A > 0),
-    ``clip_ratio`` (either: the tokens whose gradient is zeroed by clipping), ``ratio/mean``,
-    and ``kl`` (token mean of the k3 estimator) when ``ref_logprobs`` is given.
+    ``stats`` holds detached floats over this call's counted tokens: ``clip_ratio_low``
+    (ratio < 1 - eps_low with A < 0), ``clip_ratio_high`` (ratio > 1 + eps_high with A > 0),
+    ``clip_ratio`` (either: the tokens whose gradient is zeroed by clipping), ``ratio_mean``,
+    ``approx_kl`` (k3 estimate of KL(old || current) from the ratio) and ``kl`` (token mean of
+    the k3 estimator to the reference) when ``ref_logprobs`` is given.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -589,30 +592,49 @@ def policy_gradient_loss(
         if beta > 0:
             per_token = per_token + beta * kl
 
-    B = logprobs.shape[0]
-    if loss_type == "grpo":
-        num = masked_mean(per_token, m, dim=-1).sum()  # sum of row means
-        den = B if normalizer is None else normalizer
-    elif loss_type == "dapo":
-        num = masked_sum(per_token, m)
-        den = m.sum() if normalizer is None else normalizer
-    else:  # dr_grpo
-        num = masked_sum(per_token, m)
-        den = B * max_completion_length if normalizer is None else normalizer
-    loss = _safe_div(num, den)
+    if normalizer is None:  # this call alone is the whole batch
+        normalizer = loss_normalizer(loss_type, m.sum(), logprobs.shape[0], max_completion_length)
+    loss = aggregate_loss(per_token, m, loss_type, normalizer)
 
     with torch.no_grad():
         low = ((ratio < 1.0 - epsilon_low) & (adv < 0)).to(m.dtype)  # (B, T)
         high = ((ratio > 1.0 + epsilon_high) & (adv > 0)).to(m.dtype)  # (B, T)
         stats = {
-            "clip_ratio/low": masked_mean(low, m).item(),
-            "clip_ratio/high": masked_mean(high, m).item(),
+            "clip_ratio_low": masked_mean(low, m).item(),
+            "clip_ratio_high": masked_mean(high, m).item(),
             "clip_ratio": masked_mean(low + high, m).item(),
-            "ratio/mean": masked_mean(ratio, m).item(),
+            "ratio_mean": masked_mean(ratio, m).item(),
+            # k3 estimate of KL(sampling policy || current policy) on the sampled tokens
+            "approx_kl": masked_mean(ratio - 1.0 - log_ratio, m).item(),
         }
         if kl is not None:
             stats["kl"] = masked_mean(kl, m).item()
     return loss, stats
+
+
+def loss_normalizer(loss_type: str, tokens, rows, max_completion_length: int | None = None):
+    """The denominator of ``loss_type`` (TRL's semantics), from the step's global counts:
+    ``dapo`` counted tokens, ``grpo`` rows, ``dr_grpo`` rows x max_completion_length. The one
+    place this mapping lives."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type == "dapo":
+        return tokens
+    if loss_type == "grpo":
+        return rows
+    if max_completion_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+    return rows * max_completion_length
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, normalizer) -> torch.Tensor:
+    """Sum ``per_token`` ``[B, T]`` over counted tokens as ``loss_type`` does, divided by
+    ``normalizer`` (``loss_normalizer`` of the global counts): ``grpo`` sums each row's token
+    mean, ``dapo`` / ``dr_grpo`` sum every counted token. Micro-batch results add up to the
+    full-batch value."""
+    m = mask.to(per_token.dtype)
+    num = masked_mean(per_token, m, dim=-1).sum() if loss_type == "grpo" else masked_sum(per_token, m)
+    return _safe_div(num, normalizer)
 
 
 # ----------------------------------------------------------------------------------------

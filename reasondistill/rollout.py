@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-__all__ = ["Rollout", "generate", "sequence_logprobs", "forward_logits", "position_ids_from_mask"]
+__all__ = ["Rollout", "generate", "encode_pairs", "sequence_logprobs", "forward_logits", "position_ids_from_mask"]
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -159,12 +159,12 @@ def _as_id_lists(tokenizer, prompts) -> list[list[int]]:
 
 
 def _eos_ids(tokenizer, eos_token_id, model=None) -> list[int]:
-    """Stop ids: the explicit ``eos_token_id``, else the union of the tokenizer's EOS and the
-    model's ``generation_config.eos_token_id`` (instruct models often list several)."""
+    """Stop ids: the explicit ``eos_token_id``, else ``models.stop_ids`` (the tokenizer's EOS and
+    the model's ``generation_config.eos_token_id``; instruct models often list several)."""
     if eos_token_id is None:
-        eos_token_id = [getattr(tokenizer, "eos_token_id", None)]
-        gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos_token_id += gen if isinstance(gen, (list, tuple)) else [gen]
+        from .models import stop_ids
+
+        return stop_ids(tokenizer, model)
     if isinstance(eos_token_id, int):
         return [eos_token_id]
     return sorted({int(e) for e in eos_token_id if e is not None})
@@ -341,6 +341,43 @@ def generate(model, tokenizer, prompts, num_generations: int = 1, max_new_tokens
         rollouts.append(Rollout(**p, group_index=group_index[start:start + n], **meta))
         start += n
     return Rollout.cat(rollouts) if len(rollouts) > 1 else rollouts[0]
+
+
+# --------------------------------------------------------------------------------------
+# Dataset pairs in the rollout layout
+# --------------------------------------------------------------------------------------
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prompt: int, max_completion: int,
+                 add_eos: bool = True):
+    """Tokenise (rendered prompt, completion text) pairs into a ``Rollout`` layout:
+    left-padded prompts, right-padded completions ending in EOS, so fixed-data methods
+    (SFT, KD, GKD's off-policy batches) share every forward with on-policy ones."""
+    from .models import encode_prompts
+
+    pad = tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    p_ids = [ids[-max_prompt:] for ids in encode_prompts(tokenizer, prompts)]
+    c_ids, cut = [], []
+    for c in completions:
+        ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        room = max_completion - 1 if add_eos else max_completion
+        cut.append(len(ids) > room)
+        # a completion cut at the limit gets no EOS: teaching it to stop mid-solution would be wrong
+        c_ids.append(ids[:max_completion] if cut[-1] else ids + ([eos] if add_eos else []))
+    P = max(len(x) for x in p_ids)
+    C = max(len(x) for x in c_ids)
+    n = len(prompts)
+    prompt_ids = torch.full((n, P), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((n, P), dtype=torch.long)
+    completion_ids = torch.full((n, C), pad, dtype=torch.long)
+    completion_mask = torch.zeros((n, C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+        prompt_ids[i, P - len(p):] = torch.tensor(p)
+        prompt_mask[i, P - len(p):] = 1
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = 1
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                   completion_mask=completion_mask, logprobs=torch.zeros(n, C),
+                   truncated=torch.tensor(cut, dtype=torch.bool), group_index=torch.arange(n))
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from reasondistill import engine
 from reasondistill import losses as L
 from reasondistill.config import build_config
 from reasondistill.methods import get_method
+from reasondistill.methods.base import Micro
+from reasondistill.rollout import encode_pairs
 from reasondistill.tasks import arith
 
 cmdp = get_method("cmdp")
@@ -77,9 +79,8 @@ def make_micro(tokenizer, examples, task_reward):
     """A hand-made micro-batch: the dataset solutions play the sampled answers (rows of
     different lengths), ``task_reward`` their grades."""
     prompts = [f"<|im_start|>user\n{e['question']}<|im_end|>\n<|im_start|>assistant\n" for e in examples]
-    b = engine.encode_pairs(tokenizer, prompts, [e["solution"] for e in examples], 64, C)
-    return {"batch": b, "task_reward": torch.tensor(task_reward, dtype=torch.float32),
-            "num_tokens": int(b.completion_mask.sum()), "num_rows": len(examples)}
+    b = encode_pairs(tokenizer, prompts, [e["solution"] for e in examples], 64, C)
+    return Micro.of(b, task_reward=torch.tensor(task_reward, dtype=torch.float32))
 
 
 def rows_of(batch):
@@ -152,13 +153,14 @@ def grads_close(model, m64):
 # the shared forward
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("floor,temperature,chunk", [(0.0, 1.0, 0), (1e-2, 1.0, 0), (1e-2, 0.7, 0), (1e-2, 0.7, 7)])
-def test_policy_and_teacher_matches_reference(tokenizer, acc, student, teacher, examples, floor, temperature, chunk):
+def test_shared_forward_signals_match_reference(tokenizer, acc, student, teacher, examples, floor, temperature, chunk):
     model = copy.deepcopy(student)
     ctx = make_ctx("cmdp", tokenizer, acc, model, teacher, loss_chunk_size=chunk)
     micro = make_micro(tokenizer, examples, [1, 0, 1, 0])
-    out = ctx.policy_and_teacher(micro["batch"], temperature=temperature, teacher_floor=floor)
-    m = micro["batch"].completion_mask.bool()
-    ref = ref_step(f64(student), f64(teacher), rows_of(micro["batch"]), floor, temperature)
+    sig = ctx.signals(micro.batch, temperature=temperature, teacher_floor=floor)
+    out = {"logp": sig.student_logp(), "step_kl": sig.divergence("reverse_kl"), "teacher_logp": sig.teacher_logp()}
+    m = micro.batch.completion_mask.bool()
+    ref = ref_step(f64(student), f64(teacher), rows_of(micro.batch), floor, temperature)
     for i, (lp, kl, tlp) in enumerate(ref):
         torch.testing.assert_close(out["logp"][i][m[i]].double(), lp.detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out["step_kl"][i][m[i]].double(), kl.detach(), rtol=1e-4, atol=1e-5)
@@ -199,10 +201,10 @@ def test_cmdp_loss_and_gradient_match_reference(tokenizer, acc, student, teacher
     model = copy.deepcopy(student)
     ctx = make_ctx("cmdp", tokenizer, acc, model, teacher, teacher_prob_floor=1e-3, **over)
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
-    loss, metrics = cmdp.loss(ctx, micro, {"tokens": float(micro["num_tokens"]), "rows": 4.0})
+    loss, metrics = cmdp.loss(ctx, micro, {"tokens": float(micro.num_tokens), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
-    ref, term, on = ref_cmdp_loss(m64, f64(teacher), rows_of(micro["batch"]), [1, 0, 1, 1], ctx.cfg)
+    ref, term, on = ref_cmdp_loss(m64, f64(teacher), rows_of(micro.batch), [1, 0, 1, 1], ctx.cfg)
     ref.backward()
     # the references must exercise both regimes: some violated rows, some feasible ones
     assert 0 < metrics["cmdp/violated_share"] < 1
@@ -219,11 +221,11 @@ def test_cmdp_sequence_advantages_match_reference(tokenizer, acc, student, teach
     model = copy.deepcopy(student)
     ctx = make_ctx("cmdp", tokenizer, acc, model, teacher, teacher_prob_floor=1e-3, budget=2.3, advantage="sequence")
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
-    n = micro["num_tokens"]
+    n = micro.num_tokens
     loss, _ = cmdp.loss(ctx, micro, {"tokens": float(n), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
-    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]), 1e-3)
+    steps = ref_step(m64, f64(teacher), rows_of(micro.batch), 1e-3)
     sums, on = [], []
     for (_, kl, _), R in zip(steps, [1, 0, 1, 1]):
         r, _, slack = ref_cmdp_rewards(R, kl.tolist(), 2.3, 20.0, "length_normalized")
@@ -268,7 +270,7 @@ def test_cmdp_micro_batches_sum_to_the_full_batch(tokenizer, acc, student, teach
     ctx = make_ctx("cmdp", tokenizer, acc, student, teacher, budget=2.3)
     full = make_micro(tokenizer, examples, [1, 0, 1, 1])
     a, b = make_micro(tokenizer, examples[:2], [1, 0]), make_micro(tokenizer, examples[2:], [1, 1])
-    tot = {"tokens": float(full["num_tokens"]), "rows": 4.0}
+    tot = {"tokens": float(full.num_tokens), "rows": 4.0}
     with torch.no_grad():
         whole = cmdp.loss(ctx, full, tot)[0]
         parts = cmdp.loss(ctx, a, tot)[0] + cmdp.loss(ctx, b, tot)[0]
@@ -283,13 +285,13 @@ def test_gkd_rl_reward_is_minus_the_kl(tokenizer, acc, student, teacher, example
     model = copy.deepcopy(student)
     ctx = make_ctx("gkd_rl", tokenizer, acc, model, teacher, teacher_prob_floor=0.0, kl_reward=kl_reward)
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
-    loss, _ = gkd_rl.loss(ctx, micro, {"tokens": float(micro["num_tokens"]), "rows": 4.0})
+    loss, _ = gkd_rl.loss(ctx, micro, {"tokens": float(micro.num_tokens), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
-    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]))
+    steps = ref_step(m64, f64(teacher), rows_of(micro.batch))
     rew = [((tlp - lp.detach()) if kl_reward == "sampled" else -kl).tolist() for lp, kl, tlp in steps]
     adv = ref_process_adv(rew, 2)
-    n = micro["num_tokens"]
+    n = micro.num_tokens
     ref = sum((-torch.tensor(a, dtype=torch.float64) * torch.exp(lp - lp.detach())).sum()
               for (lp, _, _), a in zip(steps, adv)) / n
     ref.backward()
@@ -302,15 +304,15 @@ def test_gkd_grpo_reward_is_task_minus_lambda_kl(tokenizer, acc, student, teache
     model = copy.deepcopy(student)
     ctx = make_ctx("gkd_grpo", tokenizer, acc, model, teacher, lmbda=lmbda, teacher_prob_floor=0.0)
     micro = make_micro(tokenizer, examples, [1, 0, 0, 1])
-    loss, _ = gkd_grpo.loss(ctx, micro, {"tokens": float(micro["num_tokens"]), "rows": 4.0})
+    loss, _ = gkd_grpo.loss(ctx, micro, {"tokens": float(micro.num_tokens), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
-    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]))
+    steps = ref_step(m64, f64(teacher), rows_of(micro.batch))
     rew = [[(R if t == len(lp) - 1 else 0.0) + lmbda * k for t, k in enumerate((tlp - lp.detach()).tolist())]
            for (lp, _, tlp), R in zip(steps, [1, 0, 0, 1])]
     adv = ref_process_adv(rew, 2)
     ref = sum((-torch.tensor(a, dtype=torch.float64) * torch.exp(lp - lp.detach())).sum()
-              for (lp, _, _), a in zip(steps, adv)) / micro["num_tokens"]
+              for (lp, _, _), a in zip(steps, adv)) / micro.num_tokens
     ref.backward()
     close(loss, ref, rel=1e-4, abs_=1e-6)
     grads_close(model, m64)
@@ -324,11 +326,9 @@ def test_gkd_grpo_lambda_zero_sequence_is_exactly_grpo(tokenizer, acc, student, 
     ctx1 = make_ctx("gkd_grpo", tokenizer, acc, m1, teacher, lmbda=0.0, advantage="sequence", loss_type=loss_type)
     ctx2 = make_ctx("grpo", tokenizer, acc, m2, None, loss_type=loss_type)
     micro = make_micro(tokenizer, examples, task)
-    tot = {"tokens": float(micro["num_tokens"]), "rows": 4.0}
+    tot = {"tokens": float(micro.num_tokens), "rows": 4.0}
     l1, _ = gkd_grpo.loss(ctx1, micro, tot)
-    g = {"batch": micro["batch"], "rewards": micro["task_reward"], "num_tokens": micro["num_tokens"],
-         "num_rows": 4, "advantages": L.group_advantages(micro["task_reward"], 2)}
-    l2, _ = grpo.loss(ctx2, g, tot)
+    l2, _ = grpo.loss(ctx2, make_micro(tokenizer, examples, task), tot)  # grpo builds its own advantages
     l1.backward()
     l2.backward()
     close(l1, l2, rel=1e-6, abs_=1e-7)
@@ -341,10 +341,10 @@ def test_minillm_future_return_and_single_step_term(tokenizer, acc, student, tea
     ctx = make_ctx("minillm", tokenizer, acc, model, teacher, length_normalize=length_normalize,
                    teacher_prob_floor=1e-3)
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
-    loss, _ = minillm.loss(ctx, micro, {"tokens": float(micro["num_tokens"]), "rows": 4.0})
+    loss, _ = minillm.loss(ctx, micro, {"tokens": float(micro.num_tokens), "rows": 4.0})
     loss.backward()
     m64 = f64(student)
-    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]), floor=1e-3)
+    steps = ref_step(m64, f64(teacher), rows_of(micro.batch), floor=1e-3)
     fut = []
     for lp, _, tlp in steps:
         r = (tlp - lp.detach()).tolist()
@@ -359,7 +359,7 @@ def test_minillm_future_return_and_single_step_term(tokenizer, acc, student, tea
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
         adv += [[(v - mean) / (std + 1e-4) for v in row] for row in fut[g:g + 2]]
-    n = micro["num_tokens"]
+    n = micro.num_tokens
     pg = sum((-torch.tensor(a, dtype=torch.float64) * torch.exp(lp - lp.detach())).sum()
              for (lp, _, _), a in zip(steps, adv)) / n
     single = sum(kl.sum() for _, kl, _ in steps) / n
@@ -375,7 +375,7 @@ def test_bootstrap_steps_are_exact_reverse_kl_for_every_method(tokenizer, acc, s
     """Appendix D.4: during bootstrap every method is KL distillation alone, the exact gradient of
     the token-mean KL(pi || mu) on the rollouts (no task reward, no policy gradient, no extra term)."""
     micro = make_micro(tokenizer, examples, [1, 0, 1, 1])
-    tot = {"tokens": float(micro["num_tokens"]), "rows": 4.0}
+    tot = {"tokens": float(micro.num_tokens), "rows": 4.0}
     model = copy.deepcopy(student)
     ctx = make_ctx(name, tokenizer, acc, model, teacher, bootstrap_steps=3, teacher_prob_floor=1e-3, **kw)
     ctx.step = 2
@@ -383,8 +383,8 @@ def test_bootstrap_steps_are_exact_reverse_kl_for_every_method(tokenizer, acc, s
     assert metrics["bootstrap"] == 1.0
     loss.backward()
     m64 = f64(student)
-    steps = ref_step(m64, f64(teacher), rows_of(micro["batch"]), floor=1e-3)
-    ref = sum(kl.sum() for _, kl, _ in steps) / micro["num_tokens"]
+    steps = ref_step(m64, f64(teacher), rows_of(micro.batch), floor=1e-3)
+    ref = sum(kl.sum() for _, kl, _ in steps) / micro.num_tokens
     ref.backward()
     close(loss, ref, rel=1e-4)
     grads_close(model, m64)
@@ -407,7 +407,7 @@ def test_method_smoke(tiny_models, tmp_path, name, kw):
     method = get_method(name)
     cfg = build_config(method.Config, overrides=dict(
         student=str(tiny_models / "student"), teacher=str(tiny_models / "teacher"), output_dir=str(tmp_path / "run"),
-        max_steps=2, per_device_train_batch_size=2, num_generations=2, max_completion_length=8, train_size=50,
+        max_steps=2, per_device_train_batch_size=2, num_generations=2, max_completion_length=8, dataset="arith:size=50",
         report_to="none", progress=False, device="cpu", learning_rate=1e-3, **kw))
     result = train(method, cfg)
     assert result["steps"] == 2 and (tmp_path / "run" / "final" / "model.safetensors").exists()

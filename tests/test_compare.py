@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reasondistill.config import ConfigError
-from reasondistill.report import compare as C
+from reasondistill.pipelines import compare as C
 
 
 def write_cfg(tmp_path, tiny_models, runs, **eval_over):
@@ -19,7 +19,7 @@ def write_cfg(tmp_path, tiny_models, runs, **eval_over):
     ev.update(eval_over)
     cfg = {"output_dir": str(tmp_path / "cmp"),
            "common": dict(student=str(tiny_models / "student"), teacher=str(tiny_models / "teacher"), max_steps=2,
-                          per_device_train_batch_size=2, num_generations=2, max_completion_length=8, train_size=40,
+                          per_device_train_batch_size=2, num_generations=2, max_completion_length=8, dataset="arith:size=40",
                           report_to="none", device="cpu", learning_rate=1e-3, seed=0),
            "runs": runs, "eval": ev}
     import yaml

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from reasondistill.config import ConfigError
-from reasondistill.report import compare as C
+from reasondistill.pipelines import compare as C
 
 
 class _AlwaysA(BaseHTTPRequestHandler):
@@ -67,7 +67,7 @@ def write_cfg(tmp_path, tiny_models, judge_url, **eval_over):
     ev.update(eval_over)
     cfg = {"output_dir": str(tmp_path / "cmp"),
            "common": dict(student=str(tiny_models / "student"), teacher=str(tiny_models / "teacher"), max_steps=2,
-                          per_device_train_batch_size=2, num_generations=2, max_completion_length=8, train_size=40,
+                          per_device_train_batch_size=2, num_generations=2, max_completion_length=8, dataset="arith:size=40",
                           report_to="none", device="cpu", learning_rate=1e-3, seed=0),
            "runs": [{"name": "CMDP", "method": "cmdp"}], "eval": ev}
     p = tmp_path / "compare.yaml"

@@ -87,7 +87,7 @@ def test_train_cli_rejects_unknown_key_and_lists_keys(tiny, tmp_path, capsys):
 def test_train_cli_runs_a_method(tiny, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "kd", f"student={tiny / 'student'}", f"teacher={tiny / 'teacher'}", "max_steps=2",
-                 "per_device_train_batch_size=4", "train_size=32", f"output_dir={out}", "progress=false",
+                 "per_device_train_batch_size=4", "dataset=arith:size=32", f"output_dir={out}", "progress=false",
                  "report_to=tensorboard"]) == 0
     assert (out / "final" / "model.safetensors").exists() and list((out / "tensorboard").glob("events.*"))
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
@@ -129,7 +129,7 @@ def test_sft_on_a_jsonl_of_teacher_traces_without_answers(tiny, tmp_path, capsys
 
 def test_explicit_solution_field_wins_over_a_worked_answer(tmp_path):
     from reasondistill.config import build_config
-    from reasondistill.engine import load_train_records
+    from reasondistill.data.train import load_records
     from reasondistill.methods import sft
 
     f = tmp_path / "d.jsonl"
@@ -137,7 +137,7 @@ def test_explicit_solution_field_wins_over_a_worked_answer(tmp_path):
                  + json.dumps({"q": "2+2?", "a": "\\boxed{4}", "trace": 44}) + "\n")
     cfg = build_config(sft.Config, overrides=dict(dataset=str(f), question_field="q", answer_field="a",
                                                   solution_field="trace"))
-    recs = load_train_records(cfg)
+    recs = load_records(cfg.dataset, cfg)
     assert [r["solution"] for r in recs] == ["1+1=2\\n\\boxed{2}", "44"] and recs[0]["answer"] == "2"
     assert all("_completion" not in r for r in recs)
 

@@ -209,7 +209,7 @@ def teacher_server():
 
 @pytest.fixture(scope="module")
 def student():
-    from reasondistill.engine import resolve_model
+    from reasondistill.models import resolve_model
     from reasondistill.models import load_model, load_tokenizer
 
     p = resolve_model("embedded:student")

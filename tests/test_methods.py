@@ -14,8 +14,9 @@ import torch
 
 from reasondistill import engine
 from reasondistill.config import build_config
-from reasondistill.methods import get_method
-from reasondistill.rollout import generate
+from reasondistill.methods import get_method, onpolicy
+from reasondistill.methods.base import Micro
+from reasondistill.rollout import encode_pairs, generate
 from reasondistill.tasks import arith
 
 gkd = get_method("gkd")
@@ -144,7 +145,7 @@ def jsd(s, t, beta, temperature=1.0):
 
 
 def totals_of(*micros):
-    return {"tokens": float(sum(m["num_tokens"] for m in micros)), "rows": float(sum(m["num_rows"] for m in micros))}
+    return {"tokens": float(sum(m.num_tokens for m in micros)), "rows": float(sum(m.num_rows for m in micros))}
 
 
 def nll_ref(model64, rows):
@@ -166,7 +167,7 @@ def close(a, b, rel=1e-5, abs_=1e-7):
 # --------------------------------------------------------------------------------------
 def test_encode_pairs_layout(tokenizer, acc, student, examples):
     ctx = make_ctx("sft", tokenizer, acc, student)
-    b = sft.prepare(ctx, examples)["batch"]
+    b = sft.prepare(ctx, examples).batch
     rows = data_rows(tokenizer, examples)
     P = max(len(p) for p, _ in rows)
     C = max(len(c) for _, c in rows)
@@ -181,20 +182,20 @@ def test_encode_pairs_layout(tokenizer, acc, student, examples):
         assert b.completion_ids[i].tolist() == c + [pad] * (C - len(c))
         assert b.completion_mask[i].tolist() == [1] * len(c) + [0] * (C - len(c))
         assert c[-1] == tokenizer.eos_token_id
-    assert sft.prepare(ctx, examples)["num_tokens"] == sum(len(c) for _, c in rows)
+    assert sft.prepare(ctx, examples).num_tokens == sum(len(c) for _, c in rows)
 
 
 def test_encode_pairs_truncation(tokenizer, examples):
     q, s = examples[0]["question"], examples[0]["solution"]
     prompt = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-    b = engine.encode_pairs(tokenizer, [prompt], [s], max_prompt=5, max_completion=6)
+    b = encode_pairs(tokenizer, [prompt], [s], max_prompt=5, max_completion=6)
     p_full = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c_full = tokenizer(s, add_special_tokens=False)["input_ids"]
     assert b.prompt_ids[0].tolist() == p_full[-5:]  # keeps the end of the prompt
     # a completion cut at the limit keeps max_completion tokens and gets NO EOS (it did not end there)
     assert b.completion_ids[0].tolist() == c_full[:6] and b.truncated.tolist() == [True]
     # one that fits (EOS included) ends in EOS and is not truncated
-    fits = engine.encode_pairs(tokenizer, [prompt], [s], max_prompt=5, max_completion=len(c_full) + 1)
+    fits = encode_pairs(tokenizer, [prompt], [s], max_prompt=5, max_completion=len(c_full) + 1)
     assert fits.completion_ids[0].tolist() == c_full + [tokenizer.eos_token_id] and fits.truncated.tolist() == [False]
 
 
@@ -307,9 +308,9 @@ def gkd_ref(student64, teacher64, rows, beta, temperature):
 def test_gkd_off_policy_loss_is_generalized_jsd_on_dataset(tokenizer, acc, student, teacher, examples, beta):
     ctx = make_ctx("gkd", tokenizer, acc, student, teacher=teacher, lmbda=0.0, beta=beta, temperature=2.0)
     micro = gkd.prepare(ctx, examples)
-    assert micro["on_policy"] is False
+    assert micro.extras["on_policy"] is False
     rows = data_rows(tokenizer, examples)
-    assert batch_rows(micro["batch"]) == rows  # the dataset completion, EOS appended
+    assert batch_rows(micro.batch) == rows  # the dataset completion, EOS appended
     with torch.no_grad():
         loss, _ = gkd.loss(ctx, micro, totals_of(micro))
         s64, t64 = f64(student), f64(teacher)
@@ -338,8 +339,8 @@ def test_gkd_on_policy_batch_is_a_student_sample(tokenizer, acc, student, teache
                    max_completion_length=MAX_C)
     g_copy = torch.Generator().set_state(ctx.generator.get_state())
     micro = gkd.prepare(ctx, examples)
-    assert micro["on_policy"] is True
-    b = micro["batch"]
+    assert micro.extras["on_policy"] is True
+    b = micro.batch
     rows = batch_rows(b)
     data = data_rows(tokenizer, examples)
     assert [p for p, _ in rows] == [p for p, _ in data]  # same prompts
@@ -348,7 +349,7 @@ def test_gkd_on_policy_batch_is_a_student_sample(tokenizer, acc, student, teache
     expect = generate(student, tokenizer, ctx.render([e["question"] for e in examples]), max_new_tokens=MAX_C,
                       temperature=T, generator=g_copy)
     assert torch.equal(expect.completion_ids, b.completion_ids)
-    assert micro["num_tokens"] == int(b.completion_mask.sum()) == sum(len(c) for _, c in rows)
+    assert micro.num_tokens == int(b.completion_mask.sum()) == sum(len(c) for _, c in rows)
     s64, t64 = f64(student), f64(teacher)
     with torch.no_grad():
         # the stored sampling log-probs are the student's at temperature T (sampling temp == loss temp)
@@ -366,17 +367,17 @@ def test_gkd_seq_kd_uses_teacher_generations(tokenizer, acc, student, teacher, e
                    max_completion_length=MAX_C)
     g_copy = torch.Generator().set_state(ctx.generator.get_state())
     micro = gkd.prepare(ctx, examples)
-    assert micro["on_policy"] is False
+    assert micro.extras["on_policy"] is False
     prompts = ctx.render([e["question"] for e in examples])
     from_teacher = generate(teacher, tokenizer, prompts, max_new_tokens=MAX_C, generator=g_copy)
-    assert torch.equal(micro["batch"].completion_ids, from_teacher.completion_ids)
+    assert torch.equal(micro.batch.completion_ids, from_teacher.completion_ids)
     from_student = generate(student, tokenizer, prompts, max_new_tokens=MAX_C,
                             generator=torch.Generator().manual_seed(0))
     assert not torch.equal(from_student.completion_ids, from_teacher.completion_ids)  # the test can tell
-    assert [c for _, c in batch_rows(micro["batch"])] != [c for _, c in data_rows(tokenizer, examples)]
+    assert [c for _, c in batch_rows(micro.batch)] != [c for _, c in data_rows(tokenizer, examples)]
     with torch.no_grad():
         close(gkd.loss(ctx, micro, totals_of(micro))[0],
-              gkd_ref(f64(student), f64(teacher), batch_rows(micro["batch"]), 0.5, 1.0))
+              gkd_ref(f64(student), f64(teacher), batch_rows(micro.batch), 0.5, 1.0))
 
 
 def test_gkd_on_policy_fraction_follows_lmbda(tokenizer, acc, student, teacher, examples):
@@ -386,9 +387,9 @@ def test_gkd_on_policy_fraction_follows_lmbda(tokenizer, acc, student, teacher, 
     data = data_rows(tokenizer, examples[:1], max_c=3)
     for _ in range(n):
         micro = gkd.prepare(ctx, examples[:1])
-        flags.append(micro["on_policy"])
-        if not micro["on_policy"]:
-            assert batch_rows(micro["batch"]) == data
+        flags.append(micro.extras["on_policy"])
+        if not micro.extras["on_policy"]:
+            assert batch_rows(micro.batch) == data
     k = sum(flags)
     sd = math.sqrt(n * lmbda * (1 - lmbda))
     assert abs(k - n * lmbda) < 4.5 * sd, k  # binomial: P(fail) < 1e-5
@@ -411,13 +412,15 @@ def fake_rewards(record):
 def test_grpo_batch_scaling_uses_the_whole_step(tokenizer, acc, student, examples, monkeypatch):
     """scale_rewards=batch: two micro-batches get the std of all their rewards together."""
     calls = iter([[1.0, 0.0, 0.0], [2.0, 0.0, 1.0]])  # different spreads per micro-batch
-    monkeypatch.setattr(grpo, "accuracy_reward", lambda completions, answer, **kw: next(calls))
+    monkeypatch.setattr(onpolicy, "accuracy_reward", lambda completions, answer, **kw: next(calls))
     ctx = make_ctx("grpo", tokenizer, acc, student, num_generations=3, scale_rewards="batch",
                    max_completion_length=MAX_C)
     micros = [grpo.prepare(ctx, examples[:1]), grpo.prepare(ctx, examples[1:2])]
     grpo.finalize_step(ctx, micros)
-    rewards = [r for m in micros for r in m["rewards"].tolist()]
-    got = torch.cat([m["advantages"] for m in micros]).double()
+    for m in micros:  # advantages are made on the first update of a generation batch
+        grpo.loss(ctx, m, totals_of(*micros))
+    rewards = [r for m in micros for r in m.extras["task_reward"].tolist()]
+    got = torch.cat([m.extras["advantages"] for m in micros]).double()
     want = []
     for a in (0, 3):
         grp = rewards[a: a + 3]
@@ -438,14 +441,14 @@ def hand_advantages(rewards, G, scale, eps=1e-4):
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_grpo_group_advantages_by_hand(tokenizer, acc, student, examples, monkeypatch, scale):
     record = []
-    monkeypatch.setattr(grpo, "accuracy_reward", fake_rewards(record))
+    monkeypatch.setattr(onpolicy, "accuracy_reward", fake_rewards(record))
     ctx = make_ctx("grpo", tokenizer, acc, student, num_generations=3, scale_rewards=scale,
                    max_completion_length=MAX_C)
     micro = grpo.prepare(ctx, examples[:2])
     grpo.finalize_step(ctx, [micro])  # the engine calls it after every prepare of the step
-    b = micro["batch"]
-    assert b.completion_ids.shape[0] == 6 and micro["num_rows"] == 6
-    assert micro["num_tokens"] == int(b.completion_mask.sum())
+    b = micro.batch
+    assert b.completion_ids.shape[0] == 6 and micro.num_rows == 6
+    assert micro.num_tokens == int(b.completion_mask.sum())
     texts, answers = record[0]
     # rows i*G .. i*G+G-1 answer prompt i, and are scored against that prompt's answer
     assert answers == [examples[0]["answer"]] * 3 + [examples[1]["answer"]] * 3
@@ -453,30 +456,30 @@ def test_grpo_group_advantages_by_hand(tokenizer, acc, student, examples, monkey
     assert prompts[:3] == [prompt_ids(tokenizer, examples[0]["question"])] * 3
     assert prompts[3:] == [prompt_ids(tokenizer, examples[1]["question"])] * 3
     assert texts == [tokenizer.decode(c, skip_special_tokens=True) for _, c in batch_rows(b)]
-    torch.testing.assert_close(micro["rewards"], torch.tensor(REWARDS))
-    torch.testing.assert_close(micro["advantages"].double(),
+    torch.testing.assert_close(micro.extras["task_reward"], torch.tensor(REWARDS))
+    grpo.loss(ctx, micro, totals_of(micro))
+    torch.testing.assert_close(micro.extras["advantages"].double(),
                                torch.tensor(hand_advantages(REWARDS, 3, scale), dtype=torch.float64),
                                rtol=1e-6, atol=1e-6)
 
 
 def test_grpo_format_weight_adds_format_reward(tokenizer, acc, student, examples, monkeypatch):
-    monkeypatch.setattr(grpo, "accuracy_reward", fake_rewards([]))
+    monkeypatch.setattr(onpolicy, "accuracy_reward", fake_rewards([]))
     fmt = iter([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
-    monkeypatch.setattr(grpo, "format_reward", lambda text: next(fmt))
+    monkeypatch.setattr(onpolicy, "format_reward", lambda text: next(fmt))
     ctx = make_ctx("grpo", tokenizer, acc, student, num_generations=3, format_weight=0.5,
                    max_completion_length=MAX_C)
     micro = grpo.prepare(ctx, examples[:2])
     want = [r + 0.5 * f for r, f in zip(REWARDS, [0.0, 1.0, 1.0, 0.0, 1.0, 0.0])]
-    torch.testing.assert_close(micro["rewards"], torch.tensor(want))
+    torch.testing.assert_close(micro.extras["task_reward"], torch.tensor(want))
 
 
 def grpo_micro(tokenizer, examples, advantages):
     """A hand-made GRPO micro-batch with rows of different lengths (the dataset completions)."""
     prompts = [f"<|im_start|>user\n{e['question']}<|im_end|>\n<|im_start|>assistant\n" for e in examples]
-    b = engine.encode_pairs(tokenizer, prompts, [e["solution"] for e in examples], 64, DATA_C)
-    return {"batch": b, "advantages": torch.tensor(advantages, dtype=torch.float32),
-            "rewards": torch.tensor(advantages, dtype=torch.float32),
-            "num_tokens": int(b.completion_mask.sum()), "num_rows": len(examples)}
+    b = encode_pairs(tokenizer, prompts, [e["solution"] for e in examples], 64, DATA_C)
+    return Micro.of(b, advantages=torch.tensor(advantages, dtype=torch.float32),
+                    task_reward=torch.tensor(advantages, dtype=torch.float32))
 
 
 def grpo_ref(model64, rows, adv, loss_type, temperature, L, ref64=None, beta=0.0):
@@ -511,10 +514,10 @@ def test_grpo_gradient_matches_hand_reference(tokenizer, acc, student, examples,
     model = copy.deepcopy(student)
     ctx = make_ctx("grpo", tokenizer, acc, model, num_generations=2, loss_type=loss_type, temperature=temperature)
     micro = grpo_micro(tokenizer, examples, ADV)
-    rows = batch_rows(micro["batch"])
+    rows = batch_rows(micro.batch)
     assert len({len(c) for _, c in rows}) > 1  # grpo vs dapo only differ with unequal lengths
     loss, metrics = grpo.loss(ctx, micro, totals_of(micro))
-    assert metrics["grpo/ratio/mean"] == pytest.approx(1.0)
+    assert metrics["pg/ratio_mean"] == pytest.approx(1.0)
     loss.backward()
     m64 = f64(student)
     ref = grpo_ref(m64, rows, ADV, loss_type, temperature, DATA_C)
@@ -527,7 +530,7 @@ def test_grpo_gradient_matches_hand_reference(tokenizer, acc, student, examples,
 def test_grpo_loss_types_give_different_gradients(tokenizer, acc, student, examples):
     """Guards the previous test: the three aggregations are distinguishable on this batch."""
     m64 = f64(student)
-    rows = batch_rows(grpo_micro(tokenizer, examples, ADV)["batch"])
+    rows = batch_rows(grpo_micro(tokenizer, examples, ADV).batch)
     grads = []
     for lt in ("grpo", "dapo", "dr_grpo"):
         m64.zero_grad()
@@ -539,12 +542,12 @@ def test_grpo_loss_types_give_different_gradients(tokenizer, acc, student, examp
 
 
 def test_grpo_equal_rewards_give_zero_gradient(tokenizer, acc, student, examples, monkeypatch):
-    monkeypatch.setattr(grpo, "accuracy_reward", lambda completions, answer, **kw: [1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(onpolicy, "accuracy_reward", lambda completions, answer, **kw: [1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     model = copy.deepcopy(student)
     ctx = make_ctx("grpo", tokenizer, acc, model, num_generations=3, max_completion_length=MAX_C)
     micro = grpo.prepare(ctx, examples[:2])
-    assert torch.count_nonzero(micro["advantages"]) == 0
     loss, _ = grpo.loss(ctx, micro, totals_of(micro))
+    assert torch.count_nonzero(micro.extras["advantages"]) == 0
     loss.backward()
     assert loss.item() == 0.0
     for name, p in model.named_parameters():
@@ -568,7 +571,7 @@ def test_grpo_beta_keeps_a_frozen_reference(tokenizer, acc, student, examples):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     micro = grpo_micro(tokenizer, examples, ADV)
     loss, m = grpo.loss(ctx, micro, totals_of(micro))
-    assert m["grpo/kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before any update
+    assert m["pg/kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before any update
     loss.backward()
     opt.step()
     opt.zero_grad()
@@ -577,11 +580,12 @@ def test_grpo_beta_keeps_a_frozen_reference(tokenizer, acc, student, examples):
     assert not torch.equal(model.lm_head.weight, snapshot["lm_head.weight"])  # the policy did
 
     # after the update the KL term is active, and the gradient matches the hand reference
+    micro = grpo_micro(tokenizer, examples, ADV)  # a new generation batch: ratio 1 again
     loss, m = grpo.loss(ctx, micro, totals_of(micro))
-    assert m["grpo/kl"] > 1e-4
+    assert m["pg/kl"] > 1e-4
     loss.backward()
     m64, r64 = f64(model), f64(ref)
-    rows = batch_rows(micro["batch"])
+    rows = batch_rows(micro.batch)
     r = grpo_ref(m64, rows, ADV, "grpo", 1.0, DATA_C, ref64=r64, beta=0.2)
     r.backward()
     close(loss, r, rel=1e-5, abs_=1e-6)
@@ -598,13 +602,13 @@ def test_sampled_batches_truncate_prompts_like_dataset_batches(tokenizer, acc, s
                                                                monkeypatch, name, kw):
     """TrainConfig.max_prompt_length: 'Prompts longer than this (in tokens) are truncated from the
     left' -- for every method; sft/kd and GKD's off-policy batches do it (encode_pairs)."""
-    monkeypatch.setattr(grpo, "accuracy_reward", lambda completions, answer, **k: [0.0] * len(completions))
+    monkeypatch.setattr(onpolicy, "accuracy_reward", lambda completions, answer, **k: [0.0] * len(completions))
     ctx = make_ctx(name, tokenizer, acc, student, teacher=teacher, max_prompt_length=6,
                    max_completion_length=4, **kw)
     micro = get_method(name).prepare(ctx, examples[:2])
     G = kw.get("num_generations", 1)
     want = [prompt_ids(tokenizer, e["question"])[-6:] for e in examples[:2] for _ in range(G)]
-    assert [p for p, _ in batch_rows(micro["batch"])] == want
+    assert [p for p, _ in batch_rows(micro.batch)] == want
 
 
 # --------------------------------------------------------------------------------------
@@ -613,7 +617,7 @@ def test_sampled_batches_truncate_prompts_like_dataset_batches(tokenizer, acc, s
 def _split_sum(method, ctx, micro_fn):
     full = micro_fn(slice(0, 4))
     a, b = micro_fn(slice(0, 1)), micro_fn(slice(1, 4))
-    assert a["num_tokens"] != b["num_tokens"]
+    assert a.num_tokens != b.num_tokens
     with torch.no_grad():
         whole = method.loss(ctx, full, totals_of(full))[0].double()
         parts = method.loss(ctx, a, totals_of(a, b))[0].double() + method.loss(ctx, b, totals_of(a, b))[0].double()

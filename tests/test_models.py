@@ -5,6 +5,7 @@ import torch
 
 from reasondistill.models import (
     SAMPLE_CONVERSATION,
+    TGPO_PROMPT_TEMPLATE,
     TokenizerMismatchError,
     _resolve_source,
     assert_compatible,
@@ -15,7 +16,9 @@ from reasondistill.models import (
     load_teacher,
     load_tokenizer,
     render_prompt,
+    resolve_model,
     shared_vocab_size,
+    stop_ids,
 )
 
 OTHER_TEMPLATE = (  # same roles, different rendering: no newline after the role, "### " headers
@@ -129,6 +132,87 @@ def test_shared_vocab_size_refuses_incompatible_report(tokenizer, clone_tok, mak
         shared_vocab_size(m, m, report)
 
 
+# ---------------------------------------------------------------------------- shared_ids mode
+TEACHER_EOS = "<|teacher_eos|>"
+
+
+def _other_family(tokenizer, clone_tok):
+    """A teacher tokenizer that gives every student id the same string (same ByteLevel BPE) but
+    has its own EOS, an added token beyond the student's ids, and another chat template."""
+    teacher = clone_tok(tokenizer, eos_token=TEACHER_EOS, chat_template=OTHER_TEMPLATE)
+    assert len(teacher) == len(tokenizer) + 1 and teacher.eos_token_id == len(tokenizer)
+    return teacher
+
+
+def test_shared_ids_teacher_strict_refuses_shared_ids_accepts(tokenizer, clone_tok, make_model):
+    teacher = _other_family(tokenizer, clone_tok)
+    with pytest.raises(TokenizerMismatchError) as err:
+        assert_compatible(tokenizer, teacher)
+    msg = str(err.value)
+    assert "mode strict" in msg and "chat templates render the same conversation differently" in msg
+    assert "EOS differs" in msg and f"teacher eos_token_id={len(tokenizer)}" in msg
+
+    s_model = make_model(len(tokenizer), hidden_size=32, num_hidden_layers=1, eos_token_id=tokenizer.eos_token_id)
+    s_model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]  # instruct-style list
+    t_model = make_model(len(teacher), hidden_size=32, num_hidden_layers=1, eos_token_id=teacher.eos_token_id)
+    report = assert_compatible(tokenizer, teacher, mode="shared_ids", student_model=s_model, teacher_model=t_model)
+    assert report.compatible and not report.problems and report.mode == "shared_ids"
+    assert report.first_mismatch is None and report.shared_tokens == len(tokenizer)
+    assert report.shared_vocab == len(tokenizer) and report.teacher_vocab_size == len(teacher)  # rows of the models
+    assert report.student_stop_ids == sorted({tokenizer.eos_token_id, tokenizer.pad_token_id})
+    assert report.teacher_stop_ids == [teacher.eos_token_id]
+    assert report.template_diff  # the difference is still reported
+    warnings = "\n".join(report.warnings)
+    assert "chat templates differ" in warnings and "EOS differs" in warnings and "1 extra tokens" in warnings
+    summary = report.summary()
+    assert "mode shared_ids" in summary
+    assert f"student: eos_token_id={tokenizer.eos_token_id}, stop ids {report.student_stop_ids}" in summary
+    assert f"teacher: eos_token_id={teacher.eos_token_id}, stop ids {report.teacher_stop_ids}" in summary
+
+    # without models: the tokenizers' own EOS
+    report = check_compatibility(tokenizer, teacher, mode="shared_ids")
+    assert report.student_stop_ids == [tokenizer.eos_token_id] and report.teacher_stop_ids == [teacher.eos_token_id]
+
+
+def test_stop_ids_match_the_rollout_rule(tokenizer, make_model):
+    from reasondistill.rollout import _eos_ids
+
+    model = make_model(len(tokenizer), hidden_size=32, num_hidden_layers=1)
+    for gen in (None, tokenizer.eos_token_id, [tokenizer.pad_token_id, tokenizer.eos_token_id, 7]):
+        model.generation_config.eos_token_id = gen
+        assert stop_ids(tokenizer, model) == _eos_ids(tokenizer, None, model)
+    assert stop_ids(tokenizer) == _eos_ids(tokenizer, None) == [tokenizer.eos_token_id]
+
+
+def test_vocab_differing_at_one_id_is_refused_in_both_modes(tokenizer, clone_tok):
+    student, teacher = clone_tok(tokenizer), clone_tok(tokenizer)
+    student.add_tokens(["<|student_only|>"], special_tokens=True)
+    teacher.add_tokens(["<|teacher_only|>"], special_tokens=True)
+    i = len(tokenizer)  # the same id, another string on each side
+    for mode in ("strict", "shared_ids"):
+        report = check_compatibility(student, teacher, mode=mode)
+        assert not report.compatible and report.first_mismatch == (i, "<|student_only|>", "<|teacher_only|>")
+        with pytest.raises(TokenizerMismatchError) as err:
+            assert_compatible(student, teacher, mode=mode)
+        msg = str(err.value)
+        assert f"1 of {i + 1} shared ids; first at id {i}: student '<|student_only|>' vs teacher '<|teacher_only|>'" \
+            in msg
+
+
+def test_shared_ids_still_refuses_different_tokenization(tokenizer, clone_tok):
+    def drop_merges(d):
+        d["model"]["merges"] = []
+    teacher = clone_tok(tokenizer, edit_json=drop_merges, chat_template=OTHER_TEMPLATE)
+    with pytest.raises(TokenizerMismatchError, match="different tokenization"):
+        assert_compatible(tokenizer, teacher, mode="shared_ids")
+
+
+def test_unknown_mode_is_refused(tokenizer):
+    for fn in (check_compatibility, assert_compatible):
+        with pytest.raises(ValueError, match="unknown tokenizer compatibility mode 'loose'.*strict, shared_ids"):
+            fn(tokenizer, tokenizer, mode="loose")
+
+
 # ---------------------------------------------------------------------------- rendering
 def test_render_prompt_uses_chat_template(tokenizer, clone_tok):
     text = render_prompt(tokenizer, "What is 1+2?")
@@ -142,7 +226,55 @@ def test_render_prompt_uses_chat_template(tokenizer, clone_tok):
         render_prompt(clone_tok(tokenizer, chat_template=None), "hi")
 
 
+def test_render_prompt_chat_is_the_default(tokenizer):
+    assert render_prompt(tokenizer, "q?", template="chat") == render_prompt(tokenizer, "q?")
+    assert render_prompt(tokenizer, "q?", "sys", template="chat") == render_prompt(tokenizer, "q?", "sys")
+
+
+def test_raw_template_replaces_only_the_placeholders(tokenizer, clone_tok):
+    template = "Q: {question}\nAnswer in \\boxed{} or {json: 1}; {{question}} {x}\nA:"
+    question = "What is {2}+{system}?"
+    text = render_prompt(tokenizer, question, template=template)
+    assert text == "Q: What is {2}+{system}?\nAnswer in \\boxed{} or {json: 1}; {What is {2}+{system}?} {x}\nA:"
+    # no chat template needed for a raw template
+    assert render_prompt(clone_tok(tokenizer, chat_template=None), "1+1", template="{question}=") == "1+1="
+    assert render_prompt(tokenizer, "1+1", system="S", template="[{system}] {question}") == "[S] 1+1"
+    assert render_prompt(tokenizer, "1+1", template="[{system}] {question}") == "[] 1+1"
+    with pytest.raises(ValueError, match="no \\{system\\} placeholder"):
+        render_prompt(tokenizer, "1+1", system="S", template="{question}")
+    with pytest.raises(ValueError, match="no \\{question\\} placeholder"):
+        render_prompt(tokenizer, "1+1", template="Question: {q}\nAnswer:")
+    with pytest.raises(ValueError, match="write the paper's \\{QUESTION\\} as \\{question\\}"):
+        render_prompt(tokenizer, "1+1", template="User: {QUESTION}")
+
+
+def test_tgpo_template_renders_and_encodes_alike_for_shared_id_tokenizers(tokenizer, clone_tok):
+    teacher = _other_family(tokenizer, clone_tok)
+    assert_compatible(tokenizer, teacher, mode="shared_ids")
+    question = "What is 7-7-8+9?"
+    text = render_prompt(tokenizer, question, template=TGPO_PROMPT_TEMPLATE)
+    assert text.endswith("User: What is 7-7-8+9?\n\nAssistant: <think>")
+    assert text.startswith("Your task is to follow a systematic, thorough reasoning process")
+    assert "`\\boxed{}`" in text and "{question}" not in text
+    assert render_prompt(teacher, question, template=TGPO_PROMPT_TEMPLATE) == text  # the template, not the tokenizer
+    s_ids, t_ids = encode_prompts(tokenizer, [text])[0], encode_prompts(teacher, [text])[0]
+    assert s_ids == t_ids and max(s_ids) < len(tokenizer)
+    assert tokenizer.decode(s_ids) == text
+
+
 # ---------------------------------------------------------------------------- loading
+def test_resolve_model(tmp_path, monkeypatch):
+    from reasondistill.tasks import arith
+
+    for which in ("student", "teacher"):
+        assert resolve_model(f"embedded:{which}") == str(arith.ASSETS_DIR / which)
+    assert resolve_model("Qwen/Qwen2.5-Math-1.5B") == "Qwen/Qwen2.5-Math-1.5B"
+    assert resolve_model("runs/sft/final") == "runs/sft/final"
+    monkeypatch.setattr(arith, "ASSETS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="'embedded:student' not found.*reasondistill task build"):
+        resolve_model("embedded:student")
+
+
 def test_save_and_load_roundtrip(tmp_path, tokenizer, make_model):
     model = make_model(len(tokenizer), hidden_size=32, num_hidden_layers=1)
     folder = tmp_path / "tiny"

@@ -447,11 +447,11 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 0, *, model_name
     """Load ``model_path`` and bind a :class:`ChatServer` to ``host:port`` (0: a free port).
 
     ``model_path``: a local folder, a hub name or ``embedded:teacher`` / ``embedded:student``
-    (:func:`reasondistill.engine.resolve_model`). The served id is ``model_name`` (default:
+    (:func:`reasondistill.models.resolve_model`). The served id is ``model_name`` (default:
     ``model_path`` as given); requests may name either. ``device``: "cpu", "cuda", ... or
     "auto". The server is bound but not serving: call ``serve_forever()`` or ``.start()``.
     """
-    from ..engine import resolve_model
+    from ..models import resolve_model
     from ..models import load_model, load_tokenizer
 
     if not (_is_int(default_max_tokens) and default_max_tokens >= 1):

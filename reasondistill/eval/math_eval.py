@@ -20,31 +20,21 @@ from pathlib import Path
 
 import torch
 
-from .. import losses
 from ..models import render_prompt
 from ..rewards import extract_answer, is_correct
-from ..rollout import forward_logits, generate
+from ..rollout import generate
+from ..signals import mean_kl_per_row
 
 
 def _kl_per_row(model, teacher, roll, shared_vocab: int | None, max_logit_elems: int = 2**26) -> torch.Tensor:
-    """(N,) mean per-token KL(student || teacher) over each row's generated tokens, in float32,
-    a few rows at a time so that a real vocabulary (151,936) never needs [N, C, V] logits."""
-    dev_s = next(model.parameters()).device
-    dev_t = next(teacher.parameters()).device
+    """(N,) mean per-token KL(student || teacher) over each row's generated tokens, in float32
+    (``signals.mean_kl_per_row``), a few rows at a time so that a real vocabulary (151,936)
+    never needs [N, C, V] logits."""
     C = max(1, roll.completion_ids.shape[1])
     V = model.get_output_embeddings().weight.shape[0]
     rows = max(1, max_logit_elems // (C * V))
-    out = []
-    with torch.no_grad():
-        for a in range(0, len(roll), rows):
-            part = roll.select(slice(a, a + rows))
-            s = forward_logits(model, part.to(dev_s))
-            t = forward_logits(teacher, part.to(dev_t)).to(dev_s)
-            v = shared_vocab or min(s.shape[-1], t.shape[-1])
-            kl = losses.reverse_kl(s[..., :v].float(), t[..., :v].float())  # (n, C)
-            mask = part.completion_mask.to(dev_s).float()
-            out.append((kl * mask).sum(1) / mask.sum(1).clamp(min=1))
-    return torch.cat(out).cpu()
+    return torch.cat([mean_kl_per_row(model, teacher, roll.select(slice(a, a + rows)), shared_vocab).cpu()
+                      for a in range(0, len(roll), rows)])
 
 
 def eval_records(benchmark: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[dict]:

@@ -138,7 +138,7 @@ class HFJudge:
     """A local Hugging Face causal LM, greedy, through ``rollout.generate``."""
 
     def __init__(self, path: str, max_new_tokens: int = 256, batch_size: int = 16, device: str = "cpu"):
-        from ..engine import resolve_model
+        from ..models import resolve_model
         from ..models import load_model, load_tokenizer
 
         p = resolve_model(path)

@@ -1,15 +1,17 @@
-"""Training methods, one file each. ``get_method(name)`` returns the module.
+"""Training methods, one file each; the contract they follow is ``methods/base.py``.
 
-Every method module has a ``Config`` dataclass, ``prepare(ctx, examples)`` and
-``loss(ctx, micro, totals)`` (see engine.py), and a docstring naming its paper and equation.
+``get_method(name)`` returns the checked ``base.Method`` of a registered method; ``METHODS`` is
+the registry the CLI, the README table and the tests are derived from or checked against.
 """
 
 import importlib
 
+from .base import Method, Micro, as_method  # noqa: F401
+
 METHODS = ("sft", "kd", "gkd", "grpo", "cmdp", "gkd_rl", "gkd_grpo", "minillm")
 
 
-def get_method(name: str):
+def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return as_method(importlib.import_module(f"{__name__}.{name}"), name)

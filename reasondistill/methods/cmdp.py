@@ -38,8 +38,9 @@ the paper's raw-reward gradient would weigh it about 1/std(rewards) less, GRPO's
 leaves the balance a choice. Measured in the same setting as above: weight 5 gave FAC 52.5%,
 CS 57.8% (weight 1: 58.5%, 68.5%), so 1 stays.
 
-Deliberate deviations: (a) one update per generation batch (ratio 1 in value), as TRL's GRPO
-with num_iterations=1; (b) the KL-only bootstrap of Appendix D.4 is ``bootstrap_steps`` (steps,
+Deliberate deviations: (a) by default one update per generation batch (ratio 1 in value), as
+TRL's GRPO with num_iterations=1 (``num_iterations`` > 1 reuses the batch, rewards fixed at
+sampling time); (b) the KL-only bootstrap of Appendix D.4 is ``bootstrap_steps`` (steps,
 not epochs); (c) the same temperature divides both models' logits in the step KL and the
 log-probs (1.0 by default, where this is the paper's KL).
 
@@ -53,7 +54,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, prepare, required_fields, rl_loss  # noqa: F401
+from ..config import ConfigError
+from .onpolicy import OnPolicyConfig, finalize_step, prepare, required_fields, rl_loss, setup  # noqa: F401
 
 
 @dataclass
@@ -79,27 +81,30 @@ class Config(OnPolicyConfig):
     def validate(self):
         super().validate()
         if self.budget_mode not in ("length_normalized", "sum"):
-            raise ValueError(f"budget_mode must be length_normalized or sum, got {self.budget_mode!r}")
+            raise ConfigError(f"budget_mode must be length_normalized or sum, got {self.budget_mode!r}")
         if self.penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+            raise ConfigError(f"penalty must be >= 0, got {self.penalty}")
 
 
-def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
+def token_rewards(ctx, micro, out: dict, mask: torch.Tensor):
     """Eq. (4) per token; with ``penalty_phi=false`` eq. (3): the same feasibility decisions
     (from the real step KL), but a fixed -n once the budget is spent."""
     cfg = ctx.cfg
     kl = out["step_kl"]  # (N, C) detached
-    task = micro["task_reward"].to(kl.device)  # (N,)
+    task = micro.extras["task_reward"].to(kl.device)  # (N,)
     rewards, violated = losses.cmdp_token_rewards(task, kl, mask, cfg.budget, cfg.penalty, cfg.budget_mode)
     if not cfg.penalty_phi:
         rewards = torch.where(violated, torch.full_like(rewards, -cfg.penalty), rewards)
     any_violation = violated.any(-1).float()  # (N,)
-    return rewards, {"cmdp/violated_share": any_violation.mean().item(),
+    feasible = {}
+    if cfg.budget_mode == "length_normalized":  # the CS of the samples, as the eval reports it
+        feasible["kl/feasible_share"] = (losses.masked_mean(kl, mask, -1) <= cfg.budget).float().mean().item()
+    return rewards, feasible | {"cmdp/violated_share": any_violation.mean().item(),
                      "cmdp/violated_tokens": losses.masked_mean(violated.float(), mask).item(),
                      "cmdp/task_reward_kept": (task * (1 - any_violation)).mean().item()}
 
 
-def boundary_loss(ctx, micro: dict, out: dict, mask: torch.Tensor, totals: dict):
+def boundary_loss(ctx, micro, out: dict, mask: torch.Tensor, totals: dict):
     """Term (II): + phi_theta(s_t) (differentiable) where d - S_t <= epsilon, aggregated like the surrogate."""
     from .onpolicy import aggregate
 
@@ -112,5 +117,5 @@ def boundary_loss(ctx, micro: dict, out: dict, mask: torch.Tensor, totals: dict)
     return term, {"cmdp/boundary_term": term.item(), "cmdp/boundary_tokens": losses.masked_mean(on, mask).item()}
 
 
-def loss(ctx, micro: dict, totals: dict):
+def loss(ctx, micro, totals: dict):
     return rl_loss(ctx, micro, totals, token_rewards, extra_loss=boundary_loss)

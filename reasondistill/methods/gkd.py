@@ -23,11 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from ..config import TrainConfig
-from ..engine import encode_pairs
-from ..rollout import generate
-
-NEEDS_TEACHER = True
+from ..config import ConfigError, TrainConfig
+from ..rollout import encode_pairs, generate
+from .base import Micro
 
 
 @dataclass
@@ -44,56 +42,46 @@ class Config(TrainConfig):
     """Off-policy batches use teacher-generated completions instead of the dataset's."""
     completion_field: str = "solution"
     """Record field used as the completion for off-policy batches."""
-    loss_chunk_size: int = 0
-    """>0: compute the divergence from hidden states this many tokens at a time (never both
-    models' full [B, T, V] float32 logits at once; for real vocabularies). 0: plain logits."""
 
     def validate(self):
         if not 0.0 <= self.lmbda <= 1.0:
-            raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
+            raise ConfigError(f"lmbda must be in [0, 1], got {self.lmbda}")
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"beta must be in [0, 1], got {self.beta}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
-def prepare(ctx, examples: list[dict]) -> dict:
+def prepare(ctx, examples: list[dict]) -> Micro:
     cfg = ctx.cfg
     questions = [e["question"] for e in examples]
     on_policy = ctx.rng.random() < cfg.lmbda
-    if on_policy or cfg.seq_kd:
-        model = ctx.policy if on_policy else ctx.teacher
+    if on_policy or cfg.seq_kd:  # the teacher stops at its own stop ids (tokenizer_compat=shared_ids)
+        model, stops = (ctx.policy, None) if on_policy else (ctx.teacher, ctx.teacher_stop_ids)
         batch = generate(model, ctx.tokenizer, ctx.prompt_ids(questions), num_generations=1,
                          max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                         generator=ctx.generator)
+                         generator=ctx.generator, eos_token_id=stops)
     else:
         batch = encode_pairs(ctx.tokenizer, ctx.render(questions), [e[cfg.completion_field] for e in examples],
                              cfg.max_prompt_length, cfg.max_completion_length)
-    return {"batch": batch, "num_tokens": int(batch.completion_mask.sum()), "num_rows": len(examples),
-            "on_policy": on_policy}
+    return Micro.of(batch, on_policy=on_policy)
 
 
-def loss(ctx, micro: dict, totals: dict):
+def loss(ctx, micro, totals: dict):
     cfg = ctx.cfg
-    batch = micro["batch"].to(ctx.device)
-    if cfg.loss_chunk_size:
-        jsd = ctx.token_divergence(batch, "generalized_jsd", beta=cfg.beta, temperature=cfg.temperature)  # (B, C)
-        rkl = None
-    else:
-        t_logits = ctx.teacher_logits(batch)  # (B, C, V) no grad
-        s_logits = ctx.student_logits(batch)  # (B, C, V)
-        jsd = losses.generalized_jsd(s_logits, t_logits, beta=cfg.beta, temperature=cfg.temperature)  # (B, C)
-        rkl = losses.reverse_kl(s_logits.detach(), t_logits)  # the eval metric (temperature 1), for the curves
-    mask = batch.completion_mask.to(jsd.dtype)
-    total = (jsd * mask).sum() / totals["tokens"]
+    batch = micro.batch.to(ctx.device)
+    mask = batch.completion_mask
+    p = ctx.signals(batch, temperature=cfg.temperature)
+    jsd = p.divergence("generalized_jsd", beta=cfg.beta)  # (B, C)
+    total = losses.masked_sum(jsd, mask) / totals["tokens"]
     with torch.no_grad():
-        n = mask.sum().clamp(min=1)
-        metrics = {"gkd/jsd": ((jsd.detach() * mask).sum() / n).item()}
-        if rkl is not None:
-            metrics["kl/reverse_per_token"] = ((rkl * mask).sum() / n).item()
-        metrics |= {"gkd/on_policy": float(micro["on_policy"]),
-                   "completions/mean_length": mask.sum(1).mean().item(),
+        metrics = {"gkd/jsd": losses.masked_mean(jsd.detach(), mask).item(),
+                   "gkd/on_policy": float(micro.extras["on_policy"]),
+                   "completions/mean_length": mask.sum(1).float().mean().item(),
                    "completions/truncated_share": batch.truncated.float().mean().item()}
+        if not cfg.loss_chunk_size:  # the eval metric (temperature 1) from the same logits, for the curves
+            rkl = losses.reverse_kl(p.student_logits().detach(), p.teacher_logits())
+            metrics["kl/reverse_per_token"] = losses.masked_mean(rkl, mask).item()
     return total, metrics
 
 

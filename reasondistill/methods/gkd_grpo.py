@@ -5,7 +5,7 @@ r_t = R 1{t = last} + lmbda * (log mu(a_t|s_t) - log pi_theta(a_t|s_t)), the KL 
 reward (the sampled-token estimate of -KL(pi_theta || mu) at s_t; ``kl_reward=full`` for the exact
 full-vocabulary -C_t), with the shared advantages and clipped update of ``onpolicy.py``. The paper
 sweeps lambda in {0.001, 0.01, 0.1, 1, 10} (``reasondistill compare`` does, see
-``report/compare.py``); ``lmbda=0`` is the pure-reward GRPO baseline on the same machinery
+``pipelines/compare.py``); ``lmbda=0`` is the pure-reward GRPO baseline on the same machinery
 (with ``advantage=sequence`` it is exactly ``grpo`` with ``scale_rewards=group``: tested).
 
     reasondistill train gkd_grpo lmbda=0.1 num_generations=8 learning_rate=1e-5
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .onpolicy import (NEEDS_TEACHER, OnPolicyConfig, at_last_token, kl_reward, prepare,  # noqa: F401
-                       required_fields, rl_loss)
+from ..config import ConfigError
+from .onpolicy import (OnPolicyConfig, at_last_token, kl_reward, finalize_step, prepare,  # noqa: F401
+                       required_fields, rl_loss, setup)
 
 
 @dataclass
@@ -29,13 +30,13 @@ class Config(OnPolicyConfig):
     def validate(self):
         super().validate()
         if self.lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {self.lmbda}")
+            raise ConfigError(f"lmbda must be >= 0, got {self.lmbda}")
 
 
-def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
-    task = at_last_token(micro["task_reward"], mask).to(out["logp"].dtype)  # (N, C) R at the last token
+def token_rewards(ctx, micro, out: dict, mask: torch.Tensor):
+    task = at_last_token(micro.extras["task_reward"], mask).to(out["logp"].dtype)  # (N, C) R at the last token
     return torch.where(mask.bool(), task + ctx.cfg.lmbda * kl_reward(ctx.cfg, out, mask), 0.0), {}
 
 
-def loss(ctx, micro: dict, totals: dict):
+def loss(ctx, micro, totals: dict):
     return rl_loss(ctx, micro, totals, token_rewards)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .onpolicy import NEEDS_TEACHER, OnPolicyConfig, kl_reward, prepare, required_fields, rl_loss  # noqa: F401
+from .onpolicy import OnPolicyConfig, kl_reward, finalize_step, prepare, required_fields, rl_loss, setup  # noqa: F401
 
 
 @dataclass
@@ -29,9 +29,9 @@ class Config(OnPolicyConfig):
     pass
 
 
-def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
+def token_rewards(ctx, micro, out: dict, mask: torch.Tensor):
     return kl_reward(ctx.cfg, out, mask), {}
 
 
-def loss(ctx, micro: dict, totals: dict):
+def loss(ctx, micro, totals: dict):
     return rl_loss(ctx, micro, totals, token_rewards)

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 
 
 from .. import losses
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from . import sft
-
-NEEDS_TEACHER = True
 
 
 @dataclass
@@ -30,29 +28,29 @@ class Config(TrainConfig):
     """Weight of the extra cross-entropy term on the dataset completion (0: pure KD)."""
     completion_field: str = "solution"
     """Record field used as the completion."""
-    loss_chunk_size: int = 0
-    """>0: compute the KL from hidden states this many tokens at a time (never both models'
-    full [B, T, V] float32 logits at once; for real vocabularies). 0: plain logits."""
 
     def validate(self):
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
 prepare = sft.prepare
 
 
-def loss(ctx, micro: dict, totals: dict):
-    batch = micro["batch"].to(ctx.device)
-    kl = ctx.token_divergence(batch, "forward_kl", temperature=ctx.cfg.temperature)  # (B, C)
-    mask = batch.completion_mask.to(kl.dtype)
-    total = (kl * mask).sum() / totals["tokens"]
-    metrics = {"kd/forward_kl": ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()}
-    if ctx.cfg.sft_weight:
-        logp = losses.sampled_token_logprobs(ctx.student_logits(batch), batch.completion_ids)  # (B, C)
-        nll = -(logp * mask).sum() / totals["tokens"]
-        total = total + ctx.cfg.sft_weight * nll
+def loss(ctx, micro, totals: dict):
+    cfg = ctx.cfg
+    batch = micro.batch.to(ctx.device)
+    mask = batch.completion_mask
+    p = ctx.signals(batch, temperature=cfg.temperature)
+    kl = p.divergence("forward_kl")  # (B, C)
+    total = losses.masked_sum(kl, mask) / totals["tokens"]
+    metrics = {"kd/forward_kl": losses.masked_mean(kl.detach(), mask).item()}
+    if cfg.sft_weight:  # the data's cross-entropy at temperature 1
+        p1 = p if cfg.temperature == 1.0 else ctx.signals(batch)
+        nll = -losses.masked_sum(p1.student_logp(), mask) / totals["tokens"]
+        total = total + cfg.sft_weight * nll
         metrics["kd/nll"] = nll.item()
     return total, metrics
+
 
 required_fields = sft.required_fields

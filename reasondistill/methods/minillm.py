@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from .onpolicy import (NEEDS_TEACHER, OnPolicyConfig, aggregate, prepare, required_fields,  # noqa: F401
-                       rl_loss)
+from ..config import ConfigError
+from .onpolicy import (OnPolicyConfig, aggregate, finalize_step, prepare, required_fields,  # noqa: F401
+                       rl_loss, setup)
 
 
 @dataclass
@@ -40,10 +41,10 @@ class Config(OnPolicyConfig):
         super().validate()
         # minillm has its own advantage (future return) and reward (sampled log-ratio)
         if self.advantage != "sequence" or self.kl_reward != "sampled":
-            raise ValueError("minillm computes its own advantages and reward: advantage and kl_reward do not apply")
+            raise ConfigError("minillm computes its own advantages and reward: advantage and kl_reward do not apply")
 
 
-def token_rewards(ctx, micro: dict, out: dict, mask: torch.Tensor):
+def token_rewards(ctx, micro, out: dict, mask: torch.Tensor):
     m = mask.bool()
     r = torch.where(m, out["teacher_logp"] - out["logp"], 0.0)  # (N, C) log mu - log pi
     return r, {"minillm/token_reward": losses.masked_mean(r, mask).item()}
@@ -60,13 +61,13 @@ def future_return_advantages(cfg, rewards: torch.Tensor, mask: torch.Tensor) -> 
     return losses.group_token_standardize(future, mask, cfg.num_generations)
 
 
-def single_step_loss(ctx, micro: dict, out: dict, mask: torch.Tensor, totals: dict):
+def single_step_loss(ctx, micro, out: dict, mask: torch.Tensor, totals: dict):
     if not ctx.cfg.single_step:
         return out["step_kl"].new_zeros(()), {}
     term = aggregate(out["step_kl"], mask, ctx.cfg, totals)
     return term, {"minillm/single_step": term.item()}
 
 
-def loss(ctx, micro: dict, totals: dict):
+def loss(ctx, micro, totals: dict):
     return rl_loss(ctx, micro, totals, token_rewards, extra_loss=single_step_loss,
                    advantage_fn=future_return_advantages)

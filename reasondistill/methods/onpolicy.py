@@ -1,20 +1,21 @@
-"""Shared machinery of the on-policy RL distillation methods of constrained_mdp_distillation.md
-§4.1: ``cmdp``, ``gkd_rl``, ``gkd_grpo`` (``lmbda=0`` is the GRPO baseline) and ``minillm``.
+"""The shared on-policy RL stack: ``grpo``, and the RL distillation methods of
+constrained_mdp_distillation.md §4.1 (``cmdp``, ``gkd_rl``, ``gkd_grpo`` whose ``lmbda=0`` is
+GRPO, ``minillm``).
 
 Not a method itself. The paper re-implements every baseline "under the same GRPO framework ...
 the batch size and its composition is the same"; here that framework is this file, and a
 method is only a per-token *reward builder* (plus, for cmdp and minillm, one differentiable
-extra term). Per optimizer step, identically for every method:
+extra term). Per generation batch, identically for every method:
 
 1. ``prepare`` (no grad): ``per_device_train_batch_size`` prompts, each answered
-   ``num_generations`` times by the current student (paper: 8 x 8); every answer graded
-   (1 if the boxed answer is correct, else 0; Appendix D.2).
-2. ``rl_loss``: one student forward (with grad) and one teacher forward (no grad) on the
-   rollouts give, at every generated token, the sampled token's log-prob and the step cost
-   C_t = KL(pi_theta(.|s_t) || mu(.|s_t)) over the full shared vocabulary (eq. 7), the teacher
-   floored at ``teacher_prob_floor`` (Appendix A). Both at the sampling ``temperature``
-   (FIELD_NOTES: one temperature for sampling and loss; at the default 1.0 this is exactly the
-   KL that ``reasondistill eval --teacher`` reports).
+   ``num_generations`` times by the current student; every answer graded (1 if the boxed
+   answer is correct, else 0; Appendix D.2; plus ``format_weight`` x the format reward).
+2. ``rl_loss``: one student forward (with grad) and, for a method with a teacher, one teacher
+   forward (no grad) through ``ctx.signals`` give at every generated token the sampled token's
+   log-prob and the step cost C_t = KL(pi_theta(.|s_t) || mu(.|s_t)) over the shared
+   vocabulary (eq. 7), the teacher floored at ``teacher_prob_floor`` (Appendix A). Both at the
+   sampling ``temperature`` (FIELD_NOTES: one temperature for sampling and loss; at the
+   default 1.0 this is exactly the KL that ``reasondistill eval --teacher`` reports).
 3. The method's ``token_rewards`` turns (task reward, detached C_t, ...) into r_t ``(N, C)``;
    for the first ``bootstrap_steps`` steps every method is replaced by KL distillation alone,
    the exact on-policy reverse-KL loss (Appendix D.4: "to bootstrap all methods, we apply KL
@@ -22,36 +23,41 @@ extra term). Per optimizer step, identically for every method:
    sampled-token log-ratio log mu(a_t) - log pi(a_t) (``kl_reward``): the full-vocabulary C_t
    depends on the state only, so its score-function gradient misses the direct dependence of
    the KL on theta (the term that CMDP adds explicitly as term (II)); with it, gkd_rl's KL
-   rose from 0.61 to 2.6 in 120 steps on the embedded task instead of falling.
+   rose instead of falling on the embedded task.
 4. Advantages: ``sequence`` (default; each row's summed reward through
-   ``losses.group_advantages``, broadcast over its tokens) or ``process`` (rewards normalised
-   over all counted tokens of the group, then reward-to-go with ``gamma``:
-   ``losses.process_advantages``).
-5. The clipped surrogate (``losses.policy_gradient_loss``, one update per generation batch so
-   the ratio is 1 in value) aggregated by ``loss_type``, plus the method's extra term
-   aggregated the same way, both with the global normaliser of the optimizer step.
+   ``losses.group_advantages`` with ``scale_rewards``, broadcast over its tokens) or
+   ``process`` (rewards normalised over all counted tokens of the group, then reward-to-go
+   with ``gamma``: ``losses.process_advantages``).
+5. The clipped surrogate (``losses.policy_gradient_loss``) with the optional k3 KL to the
+   initial student (``beta``), aggregated by ``loss_type``, plus the method's extra term
+   aggregated the same way (``aggregate``), with the global normaliser of the optimizer step.
 
-Because the student logits of step 2 are the sampling policy's (one update per batch), the
-step cost needs no separate forward pass in ``prepare``.
+``num_iterations`` (the engine) reuses a generation batch for several optimizer steps. The
+rewards, advantages and the sampling policy's log-probs are computed on the first update,
+when the parameters are still the sampling policy's, and kept in ``micro.extras``; so the
+first update has ratio exactly 1 and later ones clip with ``epsilon`` / ``epsilon_high``.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .. import losses
-from ..config import TrainConfig
-from ..rewards import accuracy_reward
+from ..config import ConfigError, TrainConfig
+from ..rewards import accuracy_reward, format_reward
 from ..rollout import generate
-from .grpo import normalizer
-
-NEEDS_TEACHER = True
+from .base import Micro
 
 
 @dataclass
 class OnPolicyConfig(TrainConfig):
+    REWARD_NEEDS_TEACHER: ClassVar[bool] = True
+    """Whether the method's reward reads the teacher's forward (so it exists only inside the loss)."""
+
     learning_rate: float = 1e-5
     """Peak learning rate (the paper's AdamW 1e-5 for 1.5B-3B models); the tiny embedded models
     need 1e-4 to 3e-4 (configs/cmdp_embedded.yaml uses 3e-4 after the bootstrap)."""
@@ -68,7 +74,14 @@ class OnPolicyConfig(TrainConfig):
     epsilon: float = 0.2
     """Clip range of the importance ratio (lower; also upper unless epsilon_high is set)."""
     epsilon_high: float | None = None
-    """Upper clip range (default: epsilon)."""
+    """Upper clip range (default: epsilon; DAPO's clip-higher uses 0.28)."""
+    scale_rewards: str = "group"
+    """Sequence advantages: divide by the group's reward std (group), the whole step's (batch,
+    only for rewards known before the loss: grpo) or not at all (none, Dr. GRPO)."""
+    beta: float = 0.0
+    """Weight of the k3 KL to the initial student, the model as training started (0: no reference kept)."""
+    format_weight: float = 0.0
+    """Weight of the format reward added to the correctness reward."""
     advantage: str = "sequence"
     """``sequence`` (default): each row's summed reward -> group advantages; ``process``: per-token
     rewards normalised over the group's counted tokens, advantage = reward-to-go (see cmdp.py for
@@ -87,36 +100,65 @@ class OnPolicyConfig(TrainConfig):
     log-ratio of the sampled token log mu(a_t) - log pi(a_t) (unbiased, and its score function
     carries the direct gradient of the KL); ``full``, minus the full-vocabulary C_t, a state-only
     reward whose policy gradient misses the direct term (measured: the KL *rose*)."""
-    loss_chunk_size: int = 0
-    """>0: step KL and log-probs from hidden states this many tokens at a time (real vocabularies)."""
 
     def validate(self):
-        if self.loss_type not in losses.LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {losses.LOSS_TYPES}, got {self.loss_type!r}")
-        if self.advantage not in ("process", "sequence"):
-            raise ValueError(f"advantage must be process or sequence, got {self.advantage!r}")
+        choices = {"loss_type": losses.LOSS_TYPES, "advantage": ("process", "sequence"),
+                   "kl_reward": ("sampled", "full"), "scale_rewards": ("group", "batch", "none")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2 for group advantages")
+            raise ConfigError("num_generations must be >= 2 for group advantages")
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.teacher_prob_floor < 1.0:
-            raise ValueError(f"teacher_prob_floor must be in [0, 1), got {self.teacher_prob_floor}")
-        if self.kl_reward not in ("sampled", "full"):
-            raise ValueError(f"kl_reward must be sampled or full, got {self.kl_reward!r}")
+            raise ConfigError(f"teacher_prob_floor must be in [0, 1), got {self.teacher_prob_floor}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.scale_rewards == "batch" and self.REWARD_NEEDS_TEACHER:
+            raise ConfigError("scale_rewards=batch needs every reward of the step before the first loss; this "
+                              "method's reward comes from the teacher forward inside the loss: use group or none")
 
 
-def prepare(ctx, examples: list[dict]) -> dict:
+def prepare(ctx, examples: list[dict]) -> Micro:
     """Roll out num_generations answers per prompt with the current student and grade them."""
     cfg = ctx.cfg
     roll = generate(ctx.policy, ctx.tokenizer, ctx.prompt_ids([e["question"] for e in examples]),
                     num_generations=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=ctx.generator)
+    texts = roll.texts(ctx.tokenizer)
     answers = [examples[i]["answer"] for i in roll.group_index.tolist()]
-    task = torch.tensor(accuracy_reward(roll.texts(ctx.tokenizer), answer=answers), dtype=torch.float32)  # (N,)
-    return {"batch": roll, "task_reward": task, "num_tokens": int(roll.completion_mask.sum()),
-            "num_rows": len(roll)}
+    task = torch.tensor(accuracy_reward(texts, answer=answers), dtype=torch.float32)  # (N,)
+    if cfg.format_weight:
+        task = task + cfg.format_weight * torch.tensor([format_reward(t) for t in texts], dtype=torch.float32)
+    return Micro.of(roll, task_reward=task)
+
+
+def finalize_step(ctx, micros: list[Micro]) -> None:
+    """``scale_rewards=batch``: the reward std of the whole step (every micro-batch and process,
+    as TRL's over its generation batch), so accumulation does not change the advantages."""
+    if ctx.cfg.scale_rewards != "batch":
+        return
+    rewards = torch.cat([m.extras["task_reward"] for m in micros]).to(ctx.device)
+    if ctx.accelerator.num_processes > 1:
+        rewards = ctx.accelerator.gather(rewards)
+    std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    for m in micros:
+        m.extras["reward_std"] = std.cpu()
+
+
+def setup(ctx) -> None:
+    """``beta > 0``: keep the student as training started as the KL reference (with LoRA that is
+    the loaded model plus a zero adapter, never the bare base model: TRL #3194)."""
+    if ctx.cfg.beta > 0:
+        ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+        ctx.extras["ref"] = ref.to(ctx.device)  # setup runs before accelerate moves the student
+
+
+def required_fields(cfg) -> tuple[str, ...]:
+    return ("question", "answer")
 
 
 def at_last_token(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,67 +176,77 @@ def kl_reward(cfg, out: dict, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), r, 0.0)
 
 
+def normalizer(cfg, totals: dict):
+    return losses.loss_normalizer(cfg.loss_type, totals["tokens"], totals["rows"], cfg.max_completion_length)
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, cfg, totals: dict) -> torch.Tensor:
     """Sum ``per_token`` (N, C) over counted tokens, normalised exactly like the surrogate of
     ``loss_type`` with the step's global totals (so accumulation does not change it)."""
-    m = mask.to(per_token.dtype)
-    if cfg.loss_type == "grpo":  # mean over each row's tokens, then over the step's rows
-        return losses.masked_mean(per_token, m, -1).sum() / totals["rows"]
-    return losses.masked_sum(per_token, m) / normalizer(cfg, totals)
+    return losses.aggregate_loss(per_token, mask, cfg.loss_type, normalizer(cfg, totals))
 
 
-def advantages(cfg, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def advantages(cfg, rewards: torch.Tensor, mask: torch.Tensor, reward_std=None) -> torch.Tensor:
     """(N, C) per-token rewards -> (N, C) process advantages or (N,) sequence advantages."""
     if cfg.advantage == "process":
         return losses.process_advantages(rewards, mask, cfg.num_generations, gamma=cfg.gamma)
     row = losses.masked_sum(rewards, mask, -1)  # (N,) the row's summed reward
-    return losses.group_advantages(row, cfg.num_generations, scale="group")
+    if cfg.scale_rewards == "batch":
+        return losses.group_advantages(row, cfg.num_generations, scale="none") / (reward_std.to(row) + 1e-4)
+    return losses.group_advantages(row, cfg.num_generations, scale=cfg.scale_rewards)
 
 
-def rl_loss(ctx, micro: dict, totals: dict, token_rewards, extra_loss=None, advantage_fn=None):
+def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, advantage_fn=None):
     """The shared loss: ``token_rewards(ctx, micro, out, mask) -> (rewards (N, C), metrics)``
-    with ``out`` = ``ctx.policy_and_teacher(...)`` detached; ``extra_loss(ctx, micro, out, mask,
-    totals) -> (loss, metrics)`` differentiable (``out`` with grad); ``advantage_fn(cfg, rewards,
-    mask)`` replaces ``advantages`` (minillm)."""
+    with ``out`` = {logp, and with a teacher step_kl, teacher_logp} detached; ``extra_loss(ctx,
+    micro, out, mask, totals) -> (loss, metrics)`` differentiable (``out`` with grad);
+    ``advantage_fn(cfg, rewards, mask)`` replaces ``advantages`` (minillm)."""
     cfg = ctx.cfg
-    batch = micro["batch"].to(ctx.device)
+    batch = micro.batch.to(ctx.device)
     mask = batch.completion_mask
-    out = ctx.policy_and_teacher(batch, temperature=cfg.temperature, teacher_floor=cfg.teacher_prob_floor)
+    p = ctx.signals(batch, temperature=cfg.temperature, teacher_floor=cfg.teacher_prob_floor)
+    out = {"logp": p.student_logp()}  # (N, C) with grad
+    if ctx.teacher is not None:
+        out |= {"step_kl": p.divergence("reverse_kl"), "teacher_logp": p.teacher_logp()}  # (N, C) each
     det = {k: v.detach() for k, v in out.items()}
-    m = mask.bool()
+    fm = mask.float()
     bootstrap = ctx.step < cfg.bootstrap_steps
     if bootstrap:  # KL distillation alone, the same for every method: the exact on-policy reverse KL
         total, metrics, stats = aggregate(out["step_kl"], mask, cfg, totals), {}, {}
         rewards = kl_reward(cfg, det, mask)  # for the logged reward only
     else:
-        rewards, metrics = token_rewards(ctx, micro, det, mask)
-        adv = (advantage_fn or advantages)(cfg, rewards, mask)
-        logp = out["logp"]
+        if "advantages" not in micro.extras:  # first update on this generation batch: the sampling policy
+            rewards, metrics = token_rewards(ctx, micro, det, mask)
+            adv = advantage_fn(cfg, rewards, mask) if advantage_fn else advantages(
+                cfg, rewards, mask, micro.extras.get("reward_std"))
+            micro.extras |= {"advantages": adv, "rewards": rewards, "reward_metrics": metrics}
+        micro.extras.setdefault("old_logp", det["logp"])  # the parameters are still the sampling policy's
+        rewards = micro.extras.get("rewards")  # absent when prepare gave the advantages itself
+        metrics = dict(micro.extras.get("reward_metrics", {}))
+        ref_logp = None
+        if cfg.beta > 0:
+            with torch.no_grad():
+                ref_logp = ctx.signals(batch, temperature=cfg.temperature, student=ctx.extras["ref"]).student_logp()
         total, stats = losses.policy_gradient_loss(
-            logp, logp.detach(), adv, mask, loss_type=cfg.loss_type, epsilon_low=cfg.epsilon,
-            epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
-            normalizer=normalizer(cfg, totals), max_completion_length=cfg.max_completion_length)
+            out["logp"], micro.extras["old_logp"], micro.extras["advantages"], mask, loss_type=cfg.loss_type,
+            epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
+            ref_logprobs=ref_logp, beta=cfg.beta, normalizer=normalizer(cfg, totals),
+            max_completion_length=cfg.max_completion_length)
         if extra_loss is not None:
             extra, extra_metrics = extra_loss(ctx, micro, out, mask, totals)
             total = total + extra
             metrics |= extra_metrics
     with torch.no_grad():
-        kl, fm = det["step_kl"], m.float()
-        row_kl = losses.masked_mean(kl, fm, -1)  # (N,) the eval's per-answer KL
-        task = micro["task_reward"]
+        task = micro.extras["task_reward"]
         metrics |= {"reward/task_mean": task.mean().item(),
-                    "reward/token_sum_mean": losses.masked_sum(rewards, fm, -1).mean().item(),
-                    "kl/step_mean": losses.masked_mean(kl, fm).item(),
-                    "kl/row_mean": row_kl.mean().item(),
+                    "reward/task_std": task.std().item() if task.numel() > 1 else 0.0,
                     "bootstrap": float(bootstrap),
                     "completions/mean_length": fm.sum(1).mean().item(),
                     "completions/truncated_share": batch.truncated.float().mean().item(),
                     **{f"pg/{k}": v for k, v in stats.items()}}
-        budget = getattr(cfg, "budget", None)
-        if budget is not None and getattr(cfg, "budget_mode", "length_normalized") == "length_normalized":
-            metrics["kl/feasible_share"] = (row_kl <= budget).float().mean().item()  # CS of the samples
+        if rewards is not None:
+            metrics["reward/token_sum_mean"] = losses.masked_sum(rewards, fm, -1).mean().item()
+        if "step_kl" in det:
+            metrics |= {"kl/step_mean": losses.masked_mean(det["step_kl"], fm).item(),
+                        "kl/row_mean": losses.masked_mean(det["step_kl"], fm, -1).mean().item()}
     return total, metrics
-
-
-def required_fields(cfg) -> tuple[str, ...]:
-    return ("question", "answer")

@@ -16,40 +16,38 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from ..config import TrainConfig
-from ..engine import encode_pairs
-
-NEEDS_TEACHER = False
+from ..config import ConfigError, TrainConfig
+from ..rollout import encode_pairs
+from .base import Micro
 
 
 @dataclass
 class Config(TrainConfig):
     teacher: str | None = None
-    """Unused by SFT."""
+    """Unused by SFT (no teacher is loaded)."""
     completion_field: str = "solution"
     """Record field used as the completion (a teacher trace for SeqKD)."""
 
     def validate(self):
         if self.max_completion_length < 2:
-            raise ValueError("max_completion_length must be >= 2 (room for a token and EOS)")
+            raise ConfigError("max_completion_length must be >= 2 (room for a token and EOS)")
 
 
-def prepare(ctx, examples: list[dict]) -> dict:
+def prepare(ctx, examples: list[dict]) -> Micro:
     cfg = ctx.cfg
     batch = encode_pairs(ctx.tokenizer, ctx.render([e["question"] for e in examples]),
                          [e[cfg.completion_field] for e in examples], cfg.max_prompt_length,
                          cfg.max_completion_length)
-    return {"batch": batch, "num_tokens": int(batch.completion_mask.sum()), "num_rows": len(examples)}
+    return Micro.of(batch)
 
 
-def loss(ctx, micro: dict, totals: dict):
-    batch = micro["batch"].to(ctx.device)
-    logits = ctx.student_logits(batch)  # (B, C, V)
-    logp = losses.sampled_token_logprobs(logits, batch.completion_ids)  # (B, C)
-    mask = batch.completion_mask.to(logp.dtype)
-    nll = -(logp * mask).sum() / totals["tokens"]
+def loss(ctx, micro, totals: dict):
+    batch = micro.batch.to(ctx.device)
+    p = ctx.signals(batch)
+    mask = batch.completion_mask
+    nll = -losses.masked_sum(p.student_logp(), mask) / totals["tokens"]  # (B, C) summed
     with torch.no_grad():
-        acc = ((logits.argmax(-1) == batch.completion_ids).float() * mask).sum() / mask.sum().clamp(min=1)
+        acc = losses.masked_mean((p.student_argmax() == batch.completion_ids).float(), mask)
     return nll, {"sft/token_accuracy": acc.item()}
 
 

@@ -189,6 +189,51 @@ def generate(split: str, n: int, seed: int = 0, spec: TaskSpec = TaskSpec(), sty
     return out
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The embedded task as a training dataset, written ``arith`` or
+    ``arith:size=20000,style=running,min_terms=4,max_terms=4,max_operand=9`` (the ``dataset``
+    key of a training config). The task's own knobs live here, not in the generic config."""
+
+    size: int = 20000
+    """Number of distinct training problems drawn."""
+    style: str = "running"
+    """Solution style of the training completions (one of STYLES)."""
+    min_terms: int = 4
+    max_terms: int = 4
+    max_operand: int = 9
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        """``arith[:key=value,...]`` -> DatasetSpec; a ValueError names an unknown key or bad value."""
+        name, _, args = text.partition(":")
+        if name != "arith":
+            raise ValueError(f"not an arith dataset spec: {text!r}")
+        valid = {f: type(getattr(cls(), f)) for f in cls.__dataclass_fields__}
+        values = {}
+        for item in filter(None, (a.strip() for a in args.split(","))):
+            key, eq, val = item.partition("=")
+            key = key.strip()
+            if not eq or key not in valid:
+                raise ValueError(f"dataset={text!r}: {item!r} is not key=value with a key of "
+                                 f"{', '.join(valid)}")
+            try:
+                values[key] = valid[key](val.strip())
+            except ValueError:
+                raise ValueError(f"dataset={text!r}: {key}={val!r} is not a valid {valid[key].__name__}") from None
+        spec = cls(**values)
+        if spec.style not in STYLES:
+            raise ValueError(f"dataset={text!r}: style must be one of {STYLES}, got {spec.style!r}")
+        if spec.size < 1:
+            raise ValueError(f"dataset={text!r}: size must be >= 1")
+        TaskSpec(min_terms=spec.min_terms, max_terms=spec.max_terms, max_operand=spec.max_operand)  # checks
+        return spec
+
+    def records(self, seed: int) -> list[dict]:
+        task = TaskSpec(min_terms=self.min_terms, max_terms=self.max_terms, max_operand=self.max_operand)
+        return generate("train", self.size, seed=seed, spec=task, style=self.style)
+
+
 # --------------------------------------------------------------------------------------
 # Tokenizer: byte-level BPE in Qwen2's format
 # --------------------------------------------------------------------------------------

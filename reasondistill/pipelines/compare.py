@@ -166,7 +166,8 @@ def _build_run_config(run: dict, common: dict, out_dir: Path):
 
 
 def _train_one(method, rc, label: str, progress: bool) -> None:
-    from ..engine import latest_checkpoint, train
+    from ..checkpoints import latest_checkpoint
+    from ..engine import train
 
     rc.progress = progress
     rc.resume = latest_checkpoint(rc.output_dir) is not None
@@ -206,7 +207,7 @@ def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
 def _eval_settings(ev: dict, model_path) -> dict:
     """What a cached evaluation must match to be reused: the settings and the model's weights
     file (its modification time changes when the run is retrained)."""
-    from ..engine import resolve_model
+    from ..models import resolve_model
 
     p = Path(resolve_model(str(model_path)))
     w = p / "model.safetensors"
@@ -218,7 +219,7 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
     """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl."""
     import torch
 
-    from ..engine import resolve_model
+    from ..models import resolve_model
     from ..eval.math_eval import eval_records, evaluate, write_results
     from ..models import assert_compatible, load_model, load_tokenizer
 
@@ -286,7 +287,7 @@ def evaluate_tasks(cfg: dict, models: dict[str, str], evals: dict) -> dict[str, 
     summaries are cached in ``<out>/eval/<slug>/<task>_<benchmark>_{examples.jsonl,summary.json}``
     and reused while the benchmark and the limit are unchanged.
     """
-    from ..engine import resolve_model
+    from ..models import resolve_model
     from ..eval.math_eval import write_results
     from ..eval.task_runner import load_task_records, run_task
     from ..models import load_model, load_tokenizer
@@ -400,7 +401,7 @@ def _avg(records: list[dict], benches: list[str], key: str) -> dict[str, float |
 def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> dict:
     import math
 
-    from .plots import dynamics_plot, heatmap_plot, pareto_front, pareto_plot, radar_plot, read_metrics
+    from ..report.plots import dynamics_plot, heatmap_plot, pareto_front, pareto_plot, radar_plot, read_metrics
 
     out = Path(cfg["output_dir"])
     benches = cfg["eval"]["benchmarks"]

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import arith
+from ..tasks import arith
 
 
 def _init_folder(size: str, tokenizer, path: Path, seed: int) -> None:
@@ -44,7 +44,7 @@ def train_model(size: str, out: Path, steps: int, lr: float, batch: int, style: 
         if not init_from:
             _init_folder(size, tok, init, seed)
         cfg = build_config(sft.Config, overrides=dict(
-            student=str(init), dataset="arith", task_style=style, max_steps=steps, learning_rate=lr,
+            student=str(init), dataset=f"arith:style={style}", max_steps=steps, learning_rate=lr,
             per_device_train_batch_size=batch, warmup_steps=max(1, steps // 20), lr_scheduler_type="cosine",
             min_lr_ratio=0.05, output_dir=str(work / "run"), report_to="none", progress=progress, seed=seed,
             device="cpu", max_grad_norm=1.0, weight_decay=0.01))
