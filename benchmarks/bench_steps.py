@@ -469,6 +469,9 @@ def main():
     torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars of every model load
     trl_info = {}
     if not a.no_trl:
         import accelerate

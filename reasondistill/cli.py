@@ -100,7 +100,7 @@ def _cmd_eval(args) -> int:
         teacher_path = resolve_model(args.teacher)
         teacher = load_model(teacher_path, dtype=args.dtype, device=args.device)
         report = assert_compatible(tok, load_tokenizer(teacher_path), model.get_input_embeddings().weight.shape[0],
-                                   teacher.get_input_embeddings().weight.shape[0])
+                                   teacher.get_input_embeddings().weight.shape[0], mode=args.tokenizer_compat)
         shared = report.shared_vocab
     torch.manual_seed(args.seed)
     rows, summary = evaluate(model, tok, records, samples=args.samples, temperature=args.temperature,
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--teacher", default=None, help="report per-example KL(student||teacher) and CS")
     e.add_argument("--kl-budget", type=float, default=0.35, help="d for constraint satisfaction")
+    e.add_argument("--tokenizer-compat", default="strict", choices=["strict", "shared_ids"],
+                   help="with --teacher: shared_ids accepts a teacher with the same ids but another template / EOS")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")

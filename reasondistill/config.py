@@ -303,15 +303,29 @@ def _validate_common(cfg) -> None:
         raise ConfigError("eval_steps > 0 needs eval_dataset (split, a benchmark, a file)")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    from .tracking import validate_report_to
+    if not 0.0 <= cfg.lora_dropout < 1.0 or cfg.lora_alpha <= 0:
+        raise ConfigError(f"lora_dropout must be in [0, 1) and lora_alpha > 0, got {cfg.lora_dropout}, {cfg.lora_alpha}")
+    for name in ("eval_size", "num_train_epochs", "eval_steps", "save_steps", "loss_chunk_size"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("dataset", "eval_dataset"):
+        spec = getattr(cfg, name)
+        if spec and (spec == "arith" or spec.startswith("arith:")):
+            from .tasks.arith import DatasetSpec
 
-    validate_report_to(cfg.report_to)
+            try:
+                DatasetSpec.parse(spec)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}") from None
+    from .tracking import require_installed, validate_report_to
+
+    require_installed(validate_report_to(cfg.report_to))
     if cfg.mixed_precision not in ("no", "bf16"):
         raise ConfigError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
     if cfg.lr_scheduler_type not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler_type must be cosine, linear or constant, got {cfg.lr_scheduler_type!r}")
     for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
-                 "num_iterations", "lora_r"):
+                 "num_iterations", "lora_r", "save_total_limit", "logging_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 

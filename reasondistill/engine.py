@@ -172,7 +172,7 @@ def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
         report = assert_compatible(tokenizer, load_tokenizer(teacher_path),
                                    model.get_input_embeddings().weight.shape[0],
                                    teacher.get_input_embeddings().weight.shape[0], mode=cfg.tokenizer_compat,
-                                   teacher_model=teacher)
+                                   student_model=model, teacher_model=teacher)
         if accelerator.is_main_process:
             print(f"[reasondistill] {report.summary()}", file=sys.stderr)
         shared, stops = report.shared_vocab, report.teacher_stop_ids
@@ -242,7 +242,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     elif cfg.eval_dataset:
         raise ConfigError("eval_dataset: pass the evaluation records with the training records, or leave it empty")
     check_required_fields(method.required_fields(cfg), records)  # every input is checked before the folder is touched
-    check_required_fields(("question",), eval_records, "evaluation")
+    need = "answer" if cfg.metric_for_best_model == "eval/accuracy" else "solution"  # what the metric reads
+    check_required_fields(("question", need) if cfg.eval_steps else ("question",), eval_records, "evaluation")
     ctx = build_context(method, cfg, accelerator)
     acc = ctx.accelerator
     cfg = ctx.cfg = resolve_schedule(cfg, len(records), acc.num_processes)
@@ -284,6 +285,9 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
     t0 = time.time()
     last_ckpt = ck.latest_checkpoint(out) if cfg.resume else None
     best = ck.best_checkpoint(out) if cfg.resume else None
+    if best is not None and best["metric"] != cfg.metric_for_best_model:
+        raise ConfigError(f"metric_for_best_model={cfg.metric_for_best_model!r}, but {out} kept its best checkpoint "
+                          f"by {best['metric']!r}; resume with the same metric")
     sigint, step, stopped_early, warned_at = _GracefulInterrupt(), start, False, -10**9
     try:
         while step < cfg.max_steps:
@@ -298,7 +302,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             t_prep = time.time() - t_step
             tok, rows = _reduce(acc, [sum(m.num_tokens for m in micros), sum(m.num_rows for m in micros)], "sum")
             totals = {"tokens": max(1.0, tok), "rows": max(1.0, rows)}
-            agg: dict[str, float] = {}
+            agg: dict[str, float] = {}  # mean over micro-batches (and processes) of plain values
+            shares: dict[str, list[float]] = {}  # (numerator, denominator) values: summed, then divided
             loss_sum = 0.0
             for i, micro in enumerate(micros):
                 with contextlib.nullcontext() if i == len(micros) - 1 else acc.no_sync(ctx.model):
@@ -313,7 +318,10 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                     acc.backward(loss * acc.num_processes)
                 loss_sum += float(loss.detach())
                 for k, v in metrics.items():
-                    agg[k] = agg.get(k, 0.0) + float(v) / len(micros)
+                    if isinstance(v, tuple):
+                        shares[k] = [a + float(b) for a, b in zip(shares.get(k, [0.0, 0.0]), v)]
+                    else:
+                        agg[k] = agg.get(k, 0.0) + float(v) / len(micros)
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(ctx.model.parameters(), cfg.max_grad_norm))
             else:
@@ -329,6 +337,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             rng_at_step_start = None  # the step completed: the current RNG state is the right one
             loss_sum = _reduce(acc, [loss_sum], "sum")[0]
             agg = dict(zip(agg, _reduce(acc, list(agg.values()), "mean")))
+            summed = _reduce(acc, [x for num_den in shares.values() for x in num_den], "sum")
+            agg |= {k: summed[2 * i] / max(summed[2 * i + 1], 1e-12) for i, k in enumerate(shares)}
             metrics = {"loss": loss_sum, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                        "time/step_s": time.time() - t_step, "time/prepare_s": t_prep,
                        "time/elapsed_s": time.time() - t0, **agg}

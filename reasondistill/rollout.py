@@ -107,6 +107,14 @@ class Rollout:
         return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
+    def with_stop_token(self, stop_ids: list[int], eos_token_id: int) -> "Rollout":
+        """A copy whose rows that ended on one of ``stop_ids`` end on ``eos_token_id`` instead:
+        a teacher's own sample (``tokenizer_compat=shared_ids``) taught to the student ends in
+        the token that stops the *student*, or the student would learn never to stop."""
+        last = (self.completion_mask.cumsum(-1) == self.lengths.unsqueeze(-1)) & self.completion_mask.bool()  # (N, C)
+        stopped = last & torch.isin(self.completion_ids, torch.tensor(stop_ids, device=self.completion_ids.device))
+        return replace(self, completion_ids=torch.where(stopped, eos_token_id, self.completion_ids))
+
     @staticmethod
     def cat(rollouts: list["Rollout"]) -> "Rollout":
         """Stack rollouts row-wise, re-padding prompts (left) and completions (right).

@@ -170,16 +170,29 @@ class TokenPass:
         z = logits / self.temperature if self.temperature != 1.0 else logits
         return floored_log_probs(z, self.teacher_floor if side == "teacher" else 0.0)
 
-    def _per_position(self, side: str, fn, tokens=None):
+    def _teacher_log_dist(self) -> torch.Tensor:
+        """Plain path: the teacher's tempered, floored ``(N, C, V)`` log-distribution, computed
+        once per pass (the divergence and every teacher quantity read it)."""
+        if "teacher_log_dist" not in self._cache:
+            self._cache["teacher_log_dist"] = self._log_dist("teacher", self.teacher_logits())
+        return self._cache["teacher_log_dist"]
+
+    def _per_position(self, side: str, fn, tokens=None, raw: bool = False):
         """``fn(log_dist (..., V), tokens (...))`` -> a tensor (or tuple) shaped ``(...)`` or
         ``(..., k)``, without grad, at every counted position of ``side`` ("teacher": shared
-        vocabulary, floored; "student": full vocabulary); 0 elsewhere. Plain: one call on all
-        positions; chunked: ``chunk_size`` counted positions at a time through ``losses._project``."""
+        vocabulary, floored; "student": full vocabulary); 0 elsewhere. ``raw``: ``fn`` gets the
+        raw logits instead (enough for an argmax, which neither temperature nor floor changes).
+        Plain: one call on all positions; chunked: ``chunk_size`` counted positions at a time
+        through ``losses._project``."""
         tokens = self._tokens(tokens)  # (N, C)
+        dist = (lambda side_, z: z) if raw else self._log_dist
         with torch.no_grad():
             if not self.chunk_size:
-                logits = self.teacher_logits() if side == "teacher" else self._student_out().float()
-                out = fn(self._log_dist(side, logits), tokens)
+                if side == "teacher":
+                    logits = self.teacher_logits() if raw else self._teacher_log_dist()
+                else:
+                    logits = self._student_out() if raw else self._log_dist(side, self._student_out().float())
+                out = fn(logits, tokens)
                 return tuple(map(self._zero_uncounted, out)) if isinstance(out, tuple) else self._zero_uncounted(out)
             if side == "teacher":
                 hidden, weight = self._teacher_out(), self.teacher_head[: self._teacher_vocab()]
@@ -188,7 +201,7 @@ class TokenPass:
             N, C = self.mask.shape
             flat_h, flat_t = hidden.reshape(N * C, -1), tokens.reshape(N * C)  # (N*C, H), (N*C,)
             idx = self.mask.reshape(-1).nonzero().squeeze(1)  # (n,) counted positions
-            parts = [fn(self._log_dist(side, _project(flat_h.index_select(0, i), weight)), flat_t.index_select(0, i))
+            parts = [fn(dist(side, _project(flat_h.index_select(0, i), weight)), flat_t.index_select(0, i))
                      for i in (idx.split(self.chunk_size) or (idx,))]
             single = not isinstance(parts[0], tuple)
             outs = []
@@ -226,7 +239,7 @@ class TokenPass:
                 vocab_limit=self.shared_vocab, alpha=alpha, teacher_floor=self.teacher_floor)
         s, t = self.student_logits(), self.teacher_logits()  # (N, C, V)
         if self.teacher_floor:  # the floored distribution as logits (the divergence divides by T again)
-            t = floored_log_probs(t / self.temperature, self.teacher_floor) * self.temperature
+            t = self._teacher_log_dist() * self.temperature
         return self._zero_uncounted(losses._DIVERGENCES[kind](s, t, self.temperature, beta, alpha))
 
     # -- teacher quantities (no grad) ------------------------------------------------------
@@ -244,7 +257,7 @@ class TokenPass:
 
     def teacher_argmax(self) -> torch.Tensor:
         """``(N, C)`` long: the teacher's most likely token at each prefix (shared vocabulary)."""
-        return self._per_position("teacher", lambda logp, tok: logp.argmax(-1))
+        return self._per_position("teacher", lambda logits, tok: logits.argmax(-1), raw=True)
 
     def teacher_topk(self, k: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs (N, C, k), ids (N, C, k))``: the teacher's k most likely tokens at the
@@ -287,7 +300,7 @@ class TokenPass:
 
     def student_argmax(self) -> torch.Tensor:
         """``(N, C)`` long: the student's most likely token at each prefix (full vocabulary)."""
-        return self._per_position("student", lambda logp, tok: logp.argmax(-1))
+        return self._per_position("student", lambda logits, tok: logits.argmax(-1), raw=True)
 
     def student_logits(self) -> torch.Tensor:
         """``(N, C, V)`` float32 raw student logits over the shared vocabulary, with grad (chunk_size=0 only)."""

@@ -27,8 +27,7 @@ _EXTRAS = {"wandb": "WANDB_PROJECT", "trackio": "TRACKIO_PROJECT"}  # optional t
 def validate_report_to(value: str) -> list[str]:
     """The tracker names in ``value`` (``[]`` for ``none``), or a ConfigError naming a bad one.
 
-    Only checks names, so config validation can call it before anything starts; whether an
-    optional tracker's package is installed is checked when the MetricsWriter is built.
+    Only checks names; ``require_installed`` checks that an optional tracker's package exists.
     """
     names = list(dict.fromkeys(n.strip().lower() for n in str(value).split(",") if n.strip()))
     valid = ", ".join((*TRACKERS, "none"))
@@ -39,6 +38,19 @@ def validate_report_to(value: str) -> list[str]:
     if not names or ("none" in names and len(names) > 1):
         raise ConfigError(f"report_to={value!r}: give one or more of {', '.join(TRACKERS)}, or none alone")
     return [] if names == ["none"] else names
+
+
+def require_installed(names: list[str]) -> list[str]:
+    """``names``, or a ConfigError naming an optional tracker whose package is not installed
+    (config validation calls it, so a run stops before it touches its folder)."""
+    for name in names:
+        if name in _EXTRAS:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                raise ConfigError(f"report_to: the {name!r} tracker needs the {name!r} package, which is not "
+                                  f"installed; install it with: pip install 'reasondistill[{name}]'") from None
+    return names
 
 
 def _scalars(metrics: dict) -> dict:
@@ -59,15 +71,7 @@ class MetricsWriter:
         self.path = Path(cfg.output_dir) / "metrics.jsonl"
         self.tb = None
         self.trackers = []  # accelerate GeneralTracker objects (wandb, trackio)
-        names = validate_report_to(getattr(cfg, "report_to", "tensorboard"))
-        for name in names:
-            if name in _EXTRAS:
-                try:
-                    importlib.import_module(name)
-                except ImportError:
-                    raise ConfigError(
-                        f"report_to={cfg.report_to!r} needs the {name!r} package, which is not installed; "
-                        f"install it with: pip install 'reasondistill[{name}]'") from None
+        names = require_installed(validate_report_to(getattr(cfg, "report_to", "tensorboard")))
         if not is_main:
             return
         if "tensorboard" in names:

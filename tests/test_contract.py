@@ -76,10 +76,15 @@ def test_optional_hooks_get_defaults_and_missing_pieces_are_refused():
                                             ("cmdp", "scale_rewards", "batch"), ("grpo", "bootstrap_steps", "3"),
                                             ("sft", "tokenizer_compat", "loose"), ("sft", "report_to", "mlflow"),
                                             ("sft", "prompt_template", "no placeholder"),
-                                            ("sft", "load_in_4bit", "true"), ("sft", "num_iterations", "0")])
+                                            ("sft", "load_in_4bit", "true"), ("sft", "num_iterations", "0"),
+                                            ("sft", "dataset", "arith:foo=1"), ("sft", "lora_dropout", "1.5"),
+                                            ("sft", "eval_size", "-5"), ("sft", "num_train_epochs", "-2"),
+                                            ("sft", "save_total_limit", "0"), ("sft", "eval_dataset", "arith:size=x"),
+                                            ("cmdp", "bootstrap_steps", "3|num_iterations=2")])
 def test_every_config_error_is_a_config_error_naming_the_key(name, key, value):
+    first, *more = value.split("|")
     with pytest.raises(ConfigError, match=key):
-        build_config(get_method(name).Config, overrides=[f"{key}={value}"])
+        build_config(get_method(name).Config, overrides=[f"{key}={first}", *more])
 
 
 def _imports(path: Path, module: str) -> set[str]:

@@ -24,6 +24,12 @@ from reasondistill.tasks import arith
 
 grpo, sft = get_method("grpo"), get_method("sft")
 
+def share(metrics, key):
+    """A (numerator, denominator) metric as the engine logs it."""
+    num, den = metrics[key]
+    return num / den
+
+
 
 def _cfg(method, tiny, out, **kw):
     base = dict(student=str(tiny / "student"), teacher=str(tiny / "teacher"), output_dir=str(out),
@@ -73,7 +79,7 @@ def test_later_updates_clip_and_clipped_tokens_get_no_gradient(tokenizer, tiny_m
     totals = {"tokens": float(micro.num_tokens), "rows": 4.0}
 
     loss, m1 = grpo.loss(ctx, micro, totals)
-    assert m1["pg/ratio_mean"] == 1.0 and m1["pg/clip_ratio"] == 0.0 and m1["pg/approx_kl"] == 0.0
+    assert share(m1, "pg/ratio_mean") == 1.0 and share(m1, "pg/clip_ratio") == 0.0 and share(m1, "pg/approx_kl") == 0.0
     loss.backward()
     with torch.no_grad():
         for p in model.parameters():
@@ -82,7 +88,7 @@ def test_later_updates_clip_and_clipped_tokens_get_no_gradient(tokenizer, tiny_m
 
     loss, m2 = grpo.loss(ctx, micro, totals)  # the same generation batch: num_iterations = 2
     loss.backward()
-    assert m2["pg/ratio_mean"] != pytest.approx(1.0, abs=1e-3) and m2["pg/clip_ratio"] > 0
+    assert share(m2, "pg/ratio_mean") != pytest.approx(1.0, abs=1e-3) and share(m2, "pg/clip_ratio") > 0
     # float64 reference, token by token
     ref_model = copy.deepcopy(model)
     ref_model.zero_grad()
@@ -100,9 +106,9 @@ def test_later_updates_clip_and_clipped_tokens_get_no_gradient(tokenizer, tiny_m
     ref = value[mask].sum() / mask.sum()
     ref.backward()
     assert float(loss) == pytest.approx(float(ref), rel=1e-10)
-    assert m2["pg/clip_ratio"] == pytest.approx(float(clipped[mask].double().mean()), abs=1e-12)
-    assert m2["pg/clip_ratio_high"] == pytest.approx(float((clipped & (a > 0))[mask].double().mean()), abs=1e-12)
-    assert m2["pg/clip_ratio_low"] == pytest.approx(float((clipped & (a < 0))[mask].double().mean()), abs=1e-12)
+    assert share(m2, "pg/clip_ratio") == pytest.approx(float(clipped[mask].double().mean()), abs=1e-12)
+    assert share(m2, "pg/clip_ratio_high") == pytest.approx(float((clipped & (a > 0))[mask].double().mean()), abs=1e-12)
+    assert share(m2, "pg/clip_ratio_low") == pytest.approx(float((clipped & (a < 0))[mask].double().mean()), abs=1e-12)
     for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=n)
 
@@ -174,7 +180,8 @@ def test_merge_adapter_writes_the_merged_model(tiny_models, tmp_path):
     assert (lm - lb).abs().max() > 1e-4
 
 
-def test_kl_reference_of_a_lora_student_is_the_model_training_started_from(tiny_models, tmp_path):
+def test_kl_reference_of_a_lora_student_is_the_model_training_started_from(tiny_models, tmp_path,
+                                                                           alternating_rewards):
     """GRPO (beta > 0) on a LoRA-SFT'd student: the reference is the SFT model, not the base (TRL #3194)."""
     from reasondistill.models import load_model
     from reasondistill.rollout import forward_logits
@@ -183,15 +190,27 @@ def test_kl_reference_of_a_lora_student_is_the_model_training_started_from(tiny_
     cfg = _cfg("grpo", tiny_models, tmp_path / "g", student=str(tmp_path / "sft" / "final"), beta=0.1, **LORA)
     ctx = engine.build_context(grpo, cfg)
     grpo.setup(ctx)
+    assert "ref" not in ctx.extras  # no second copy of the model: the adapter is switched off instead
+    with torch.no_grad():  # a trained adapter, so that "adapter off" differs from the policy
+        for n, p in ctx.policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
     tok = arith.build_tokenizer()
     ex = arith.generate("train", 2, seed=1)
     batch = encode_pairs(tok, [e["question"] for e in ex], [e["solution"] for e in ex], 32, 32)
+
+    def logp(model):
+        lg = torch.log_softmax(forward_logits(model, batch), -1)
+        return lg.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) * batch.completion_mask
+
     with torch.no_grad():
-        ref = forward_logits(ctx.extras["ref"], batch)
-        sft_model = forward_logits(load_model(tmp_path / "sft" / "final"), batch)
-        base = forward_logits(load_model(tiny_models / "student"), batch)
+        ref = onpolicy.reference_logp(ctx, batch)
+        sft_model, base, policy = (logp(m) for m in (load_model(tmp_path / "sft" / "final"),
+                                                      load_model(tiny_models / "student"), ctx.policy))
     torch.testing.assert_close(ref, sft_model, rtol=1e-5, atol=1e-5)
-    assert (ref - base).abs().max() > 1e-4
+    assert (ref - base).abs().max() > 1e-4 and (ref - policy).abs().max() > 1e-4
+    rows = train(grpo, cfg) and _metrics(tmp_path / "g")  # and the whole loop with it
+    assert rows[-1]["pg/kl"] > 0 and all(math.isfinite(r["loss"]) for r in rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
@@ -222,6 +241,14 @@ def test_eval_steps_keep_the_best_checkpoint_and_load_it_at_the_end(tiny_models,
     assert not (out / "checkpoint-2").exists() and not (out / "checkpoint-3").exists()
     final, best_w = _weights(out / "final"), _weights(out / "checkpoint-1" / "model")
     assert all(torch.equal(final[k], best_w[k]) for k in best_w)
+
+
+def test_an_arith_eval_set_comes_from_the_test_split(tiny_models):
+    from reasondistill.data.train import train_and_eval_records
+
+    cfg = _cfg("sft", tiny_models, "unused", dataset="arith:size=2000", eval_dataset="arith:size=50", eval_size=0)
+    tr, ev = train_and_eval_records(cfg)
+    assert len(ev) == 50 and not {r["question"] for r in tr} & {r["question"] for r in ev}
 
 
 def test_eval_split_is_never_trained_on(tiny_models):
@@ -261,6 +288,20 @@ def test_shared_ids_teacher_trains_with_its_own_stop_ids(tiny_models, tmp_path, 
     res = train(get_method("gkd"), _cfg("gkd", tiny_models, tmp_path / "shared", tokenizer_compat="shared_ids", **kw))
     assert seen == [stop_ids(teacher_tok, res["context"].teacher)] and teacher_tok.eos_token_id in seen[0]
     assert tok.eos_token_id != teacher_tok.eos_token_id
+
+
+def test_a_teacher_sample_ends_in_the_students_stop_token():
+    """seq_kd with a shared-ids teacher: the student is taught to stop on its own EOS (2), not
+    on the teacher's (0); a row cut at the length limit keeps its last token."""
+    from reasondistill.rollout import Rollout
+
+    ids = torch.tensor([[5, 6, 0, 0], [5, 0, 7, 7], [5, 6, 7, 8], [5, 2, 0, 0]])  # pad id 0 after the end
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    roll = Rollout(prompt_ids=torch.ones(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1, dtype=torch.long),
+                   completion_ids=ids, completion_mask=mask, logprobs=torch.zeros(4, 4),
+                   truncated=torch.tensor([False, False, True, False]), group_index=torch.arange(4))
+    out = roll.with_stop_token([0], eos_token_id=2).completion_ids
+    assert out.tolist() == [[5, 6, 2, 0], [5, 2, 7, 7], [5, 6, 7, 8], [5, 2, 0, 0]]
 
 
 def test_raw_prompt_template_renders_every_prompt(tiny_models, tmp_path):

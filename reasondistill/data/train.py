@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 
-def load_records(dataset: str, cfg) -> list[dict]:
-    """The examples of ``dataset`` as dicts with question / answer / solution."""
+def load_records(dataset: str, cfg, split: str = "train") -> list[dict]:
+    """The examples of ``dataset`` as dicts with question / answer / solution (``split`` chooses
+    the embedded task's train or test problems; files and benchmarks are read whole)."""
     if dataset == "arith" or dataset.startswith("arith:"):
         from ..tasks.arith import DatasetSpec
 
-        return DatasetSpec.parse(dataset).records(seed=cfg.seed)
+        return DatasetSpec.parse(dataset).records(seed=cfg.seed, split=split)
     from . import benchmarks
 
     if dataset in benchmarks.BENCHMARKS:
@@ -41,7 +42,8 @@ def load_records(dataset: str, cfg) -> list[dict]:
 def train_and_eval_records(cfg) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) for ``cfg``. ``eval_dataset=split`` holds out
     ``eval_size`` training records (a seeded random choice) that are then never trained on;
-    another value is loaded like ``dataset``; empty: no evaluation set."""
+    another value is loaded like ``dataset`` (an ``arith:...`` spec from the task's test split,
+    so it never overlaps the training problems); empty: no evaluation set."""
     records = load_records(cfg.dataset, cfg)
     if not cfg.eval_dataset:
         return records, []
@@ -51,7 +53,7 @@ def train_and_eval_records(cfg) -> tuple[list[dict], list[dict]]:
         held = set(random.Random(cfg.seed).sample(range(len(records)), cfg.eval_size))
         return ([r for i, r in enumerate(records) if i not in held],
                 [r for i, r in enumerate(records) if i in held])
-    return records, load_records(cfg.eval_dataset, cfg)[: cfg.eval_size or None]
+    return records, load_records(cfg.eval_dataset, cfg, split="test")[: cfg.eval_size or None]
 
 
 def check_required_fields(need, records: list[dict], what: str = "training") -> None:

@@ -16,13 +16,13 @@ import torch
 
 from .. import losses
 from ..rewards import accuracy_reward
-from ..rollout import encode_pairs, generate
+from ..rollout import encode_pairs
 
 EVAL_BATCH = 64
 
 
 def evaluate_in_training(ctx, records: list[dict]) -> dict:
-    from ..signals import TokenPass
+    from .math_eval import generate_batches
 
     cfg, acc = ctx.cfg, ctx.accelerator
     mine = records[acc.process_index::acc.num_processes]
@@ -30,24 +30,23 @@ def evaluate_in_training(ctx, records: list[dict]) -> dict:
     was_training = ctx.model.training
     ctx.model.eval()
     with torch.no_grad():
-        for a in range(0, len(mine), EVAL_BATCH):
-            chunk = mine[a:a + EVAL_BATCH]
-            with_answer = [r for r in chunk if r.get("answer") not in (None, "")]
-            if with_answer:
-                roll = generate(ctx.policy, ctx.tokenizer, ctx.prompt_ids([r["question"] for r in with_answer]),
-                                max_new_tokens=cfg.max_completion_length, do_sample=False)
-                correct += sum(accuracy_reward(roll.texts(ctx.tokenizer), answer=[r["answer"] for r in with_answer]))
-                graded += len(with_answer)
-            with_solution = [r for r in chunk if r.get("solution") not in (None, "")]
-            if with_solution:
-                batch = encode_pairs(ctx.tokenizer, ctx.render([r["question"] for r in with_solution]),
-                                     [r["solution"] for r in with_solution], cfg.max_prompt_length,
-                                     cfg.max_completion_length).to(ctx.device)
-                p = TokenPass(batch, student=ctx.policy, chunk_size=cfg.loss_chunk_size, device=ctx.device)
-                mask = batch.completion_mask
-                nll -= float(losses.masked_sum(p.student_logp(), mask))
-                hits += float(losses.masked_sum((p.student_argmax() == batch.completion_ids).float(), mask))
-                tokens += float(mask.sum())
+        with_answer = [r for r in mine if r.get("answer") not in (None, "")]
+        for chunk, _, texts in generate_batches(ctx.policy, ctx.tokenizer, with_answer,
+                                                lambda r: ctx.render([r["question"]])[0],
+                                                max_new_tokens=cfg.max_completion_length, batch_size=EVAL_BATCH):
+            correct += sum(accuracy_reward(texts, answer=[r["answer"] for r in chunk]))
+            graded += len(chunk)
+        with_solution = [r for r in mine if r.get("solution") not in (None, "")]
+        for a in range(0, len(with_solution), EVAL_BATCH):
+            chunk = with_solution[a:a + EVAL_BATCH]
+            batch = encode_pairs(ctx.tokenizer, ctx.render([r["question"] for r in chunk]),
+                                 [r["solution"] for r in chunk], cfg.max_prompt_length,
+                                 cfg.max_completion_length).to(ctx.device)
+            p = ctx.signals(batch, student=ctx.policy)  # the unwrapped student, no teacher
+            mask = batch.completion_mask
+            nll -= float(losses.masked_sum(p.student_logp(), mask))
+            hits += float(losses.masked_sum((p.student_argmax() == batch.completion_ids).float(), mask))
+            tokens += float(mask.sum())
     ctx.model.train(was_training)
     if acc.num_processes > 1:
         sums = acc.reduce(torch.tensor([correct, graded, nll, tokens, hits], dtype=torch.float64, device=acc.device),

@@ -18,7 +18,9 @@ What a method module defines
     and whatever the loss needs (rewards, ...). ``examples`` are the records of this
     micro-batch on this process.
 ``loss(ctx, micro, totals) -> (loss, metrics)``
-    The micro-batch's differentiable loss and a dict of float metrics. ``totals`` holds the
+    The micro-batch's differentiable loss and a dict of metrics: a float is averaged over the
+    step's micro-batches and processes; a ``(numerator, denominator)`` pair is summed over them
+    and divided, for an exact share (``pg/clip_ratio``: clipped tokens / counted tokens). ``totals`` holds the
     *global* ``tokens`` and ``rows`` summed over every micro-batch of the step and every
     process: divide sums by them (not by this micro-batch's counts) and the gradient does not
     depend on how the step is split (FIELD_NOTES: "gradient accumulation changes the loss").

@@ -61,6 +61,8 @@ def prepare(ctx, examples: list[dict]) -> Micro:
         batch = generate(model, ctx.tokenizer, ctx.prompt_ids(questions), num_generations=1,
                          max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                          generator=ctx.generator, eos_token_id=stops)
+        if stops is not None:  # the student learns to stop where it stops, not on the teacher's EOS
+            batch = batch.with_stop_token(stops, ctx.tokenizer.eos_token_id)
     else:
         batch = encode_pairs(ctx.tokenizer, ctx.render(questions), [e[cfg.completion_field] for e in examples],
                              cfg.max_prompt_length, cfg.max_completion_length)

@@ -117,6 +117,10 @@ class OnPolicyConfig(TrainConfig):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.bootstrap_steps % self.num_iterations:
+            raise ConfigError(f"bootstrap_steps={self.bootstrap_steps} must be a multiple of num_iterations="
+                              f"{self.num_iterations}: the first policy-gradient update of a generation batch "
+                              f"records the sampling policy's log-probs")
         if self.scale_rewards == "batch" and self.REWARD_NEEDS_TEACHER:
             raise ConfigError("scale_rewards=batch needs every reward of the step before the first loss; this "
                               "method's reward comes from the teacher forward inside the loss: use group or none")
@@ -150,11 +154,26 @@ def finalize_step(ctx, micros: list[Micro]) -> None:
 
 
 def setup(ctx) -> None:
-    """``beta > 0``: keep the student as training started as the KL reference (with LoRA that is
-    the loaded model plus a zero adapter, never the bare base model: TRL #3194)."""
-    if ctx.cfg.beta > 0:
+    """``beta > 0``: keep the student as training started as the KL reference. With LoRA no copy
+    is needed: the loaded model (an adapter folder loads merged) with the adapter switched off
+    *is* that model, never the bare base model under an SFT adapter (TRL #3194)."""
+    if ctx.cfg.beta > 0 and not ctx.cfg.use_peft:
         ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
         ctx.extras["ref"] = ref.to(ctx.device)  # setup runs before accelerate moves the student
+
+
+def reference_logp(ctx, batch) -> torch.Tensor:
+    """(N, C) log-probs of the completion tokens under the KL reference (no grad)."""
+    with torch.no_grad():
+        if not ctx.cfg.use_peft:
+            return ctx.signals(batch, temperature=ctx.cfg.temperature, student=ctx.extras["ref"]).student_logp()
+        policy, was_training = ctx.policy, ctx.policy.training
+        policy.eval()
+        try:
+            with policy.disable_adapter():
+                return ctx.signals(batch, temperature=ctx.cfg.temperature, student=policy).student_logp()
+        finally:
+            policy.train(was_training)
 
 
 def required_fields(cfg) -> tuple[str, ...]:
@@ -223,10 +242,7 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
         micro.extras.setdefault("old_logp", det["logp"])  # the parameters are still the sampling policy's
         rewards = micro.extras.get("rewards")  # absent when prepare gave the advantages itself
         metrics = dict(micro.extras.get("reward_metrics", {}))
-        ref_logp = None
-        if cfg.beta > 0:
-            with torch.no_grad():
-                ref_logp = ctx.signals(batch, temperature=cfg.temperature, student=ctx.extras["ref"]).student_logp()
+        ref_logp = reference_logp(ctx, batch) if cfg.beta > 0 else None
         total, stats = losses.policy_gradient_loss(
             out["logp"], micro.extras["old_logp"], micro.extras["advantages"], mask, loss_type=cfg.loss_type,
             epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
@@ -243,7 +259,8 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
                     "bootstrap": float(bootstrap),
                     "completions/mean_length": fm.sum(1).mean().item(),
                     "completions/truncated_share": batch.truncated.float().mean().item(),
-                    **{f"pg/{k}": v for k, v in stats.items()}}
+                    # shares of the step's counted tokens, exact under accumulation and several processes
+                    **{f"pg/{k}": (v * fm.sum().item(), fm.sum().item()) for k, v in stats.items()}}
         if rewards is not None:
             metrics["reward/token_sum_mean"] = losses.masked_sum(rewards, fm, -1).mean().item()
         if "step_kl" in det:

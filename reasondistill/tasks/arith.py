@@ -229,9 +229,11 @@ class DatasetSpec:
         TaskSpec(min_terms=spec.min_terms, max_terms=spec.max_terms, max_operand=spec.max_operand)  # checks
         return spec
 
-    def records(self, seed: int) -> list[dict]:
+    def records(self, seed: int, split: str = "train") -> list[dict]:
+        """``size`` problems of ``split``: training reads "train"; an evaluation set "test", which
+        never shares a problem with it."""
         task = TaskSpec(min_terms=self.min_terms, max_terms=self.max_terms, max_operand=self.max_operand)
-        return generate("train", self.size, seed=seed, spec=task, style=self.style)
+        return generate(split, self.size, seed=seed, spec=task, style=self.style)
 
 
 # --------------------------------------------------------------------------------------
