@@ -232,12 +232,13 @@ class TokenPass:
         floored, with grad w.r.t. the student only."""
         if kind not in losses.DIVERGENCE_KINDS:
             raise ValueError(f"kind must be one of {losses.DIVERGENCE_KINDS}, got {kind!r}")
+        self._teacher_out()  # the teacher first: its forward should not run while the student's graph is held
         if self.chunk_size:
             return losses.chunked_divergence(
                 self._student_out(), self._teacher_out(), lm_head_weight(self.student), self.teacher_head, self.mask,
                 kind=kind, beta=beta, temperature=self.temperature, chunk_size=self.chunk_size,
                 vocab_limit=self.shared_vocab, alpha=alpha, teacher_floor=self.teacher_floor)
-        s, t = self.student_logits(), self.teacher_logits()  # (N, C, V)
+        t, s = self.teacher_logits(), self.student_logits()  # (N, C, V)
         if self.teacher_floor:  # the floored distribution as logits (the divergence divides by T again)
             t = self._teacher_log_dist() * self.temperature
         return self._zero_uncounted(losses._DIVERGENCES[kind](s, t, self.temperature, beta, alpha))

@@ -232,11 +232,21 @@ def test_temperature_divides_both_models_logits(models, chunk):
 @pytest.mark.parametrize("chunk", [0, CHUNK])
 def test_each_model_runs_at_most_once_and_only_when_asked(models, chunk):
     s, t = models
-    calls = {"student": 0, "teacher": 0}
+    calls, order = {"student": 0, "teacher": 0}, []
     student = StudentModule(s)
-    hooks = [student.register_forward_pre_hook(lambda *a: calls.__setitem__("student", calls["student"] + 1)),
-             t.get_decoder().register_forward_pre_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))]
+
+    def count(name):
+        def hook(*args):  # a pre-hook must return None (a value would replace the inputs)
+            calls[name] += 1
+            order.append(name)
+        return hook
+
+    hooks = [student.register_forward_pre_hook(count("student")), t.get_decoder().register_forward_pre_hook(count("teacher"))]
     try:
+        fresh = TokenPass(_batch(), student, t, shared_vocab=SHARED, chunk_size=chunk)
+        fresh.divergence("reverse_kl")  # the teacher's no-grad forward runs before the student's graph exists
+        assert order == ["teacher", "student"]
+        calls.update(student=0, teacher=0)
         tp = TokenPass(_batch(), student, t, shared_vocab=SHARED, chunk_size=chunk)
         assert calls == {"student": 0, "teacher": 0}  # nothing runs at construction
         tp.teacher_logp(), tp.teacher_argmax(), tp.teacher_topk(3), tp.prob_proxy_weights()

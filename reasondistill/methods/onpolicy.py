@@ -224,9 +224,10 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
     batch = micro.batch.to(ctx.device)
     mask = batch.completion_mask
     p = ctx.signals(batch, temperature=cfg.temperature, teacher_floor=cfg.teacher_prob_floor)
-    out = {"logp": p.student_logp()}  # (N, C) with grad
+    out = {"teacher_logp": p.teacher_logp()} if ctx.teacher is not None else {}  # (N, C); the teacher runs first
+    out["logp"] = p.student_logp()  # (N, C) with grad
     if ctx.teacher is not None:
-        out |= {"step_kl": p.divergence("reverse_kl"), "teacher_logp": p.teacher_logp()}  # (N, C) each
+        out["step_kl"] = p.divergence("reverse_kl")  # (N, C) with grad
     det = {k: v.detach() for k, v in out.items()}
     fm = mask.float()
     bootstrap = ctx.step < cfg.bootstrap_steps
