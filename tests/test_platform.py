@@ -233,7 +233,8 @@ def test_eval_steps_keep_the_best_checkpoint_and_load_it_at_the_end(tiny_models,
                           save_steps=1, save_total_limit=1, load_best_model_at_end=True))
     rows = _metrics(out)
     losses = [r["eval/loss"] for r in rows]
-    assert all("eval/token_accuracy" in r and "eval/accuracy" in r for r in rows)
+    assert all({"eval/token_accuracy", "eval/accuracy", "eval/truncated_share"} <= set(r) for r in rows)
+    assert all(0.0 <= r["eval/truncated_share"] <= 1.0 for r in rows)
     assert losses == sorted(losses, reverse=True) and losses[0] > losses[-1]  # training lowered it
     best = json.loads((out / "best_checkpoint.json").read_text())
     assert best["step"] == 1 and best["value"] == losses[0] and res["best"] == best
@@ -241,6 +242,29 @@ def test_eval_steps_keep_the_best_checkpoint_and_load_it_at_the_end(tiny_models,
     assert not (out / "checkpoint-2").exists() and not (out / "checkpoint-3").exists()
     final, best_w = _weights(out / "final"), _weights(out / "checkpoint-1" / "model")
     assert all(torch.equal(final[k], best_w[k]) for k in best_w)
+
+
+def test_in_training_evaluation_against_a_direct_computation(tiny_models, tmp_path):
+    from reasondistill.eval.in_training import evaluate_in_training
+    from reasondistill.rewards import accuracy_reward
+    from reasondistill.rollout import generate
+
+    ctx = engine.build_context(sft, _cfg("sft", tiny_models, tmp_path / "x", max_completion_length=12))
+    recs = arith.generate("test", 10, seed=5)
+    got = evaluate_in_training(ctx, recs)
+    roll = generate(ctx.policy, ctx.tokenizer, ctx.render([r["question"] for r in recs]), max_new_tokens=12,
+                    do_sample=False)
+    assert got["eval/truncated_share"] == float(roll.truncated.float().mean())
+    assert got["eval/accuracy"] == sum(accuracy_reward(roll.texts(ctx.tokenizer), answer=[r["answer"] for r in recs])) / 10
+    batch = encode_pairs(ctx.tokenizer, ctx.render([r["question"] for r in recs]), [r["solution"] for r in recs], 256, 12)
+    from reasondistill.rollout import forward_logits
+
+    with torch.no_grad():
+        lg = forward_logits(ctx.policy, batch)
+    m = batch.completion_mask.bool()
+    nll = -torch.log_softmax(lg, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)[m]
+    assert got["eval/loss"] == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert got["eval/token_accuracy"] == pytest.approx(float((lg.argmax(-1) == batch.completion_ids)[m].float().mean()))
 
 
 def test_an_arith_eval_set_comes_from_the_test_split(tiny_models):

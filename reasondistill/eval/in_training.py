@@ -1,7 +1,9 @@
 """Evaluation during training (``eval_steps``): the numbers ``metric_for_best_model`` picks from.
 
 - ``eval/accuracy``: greedy answers to the records' questions, graded like the training reward
-  (``rewards.accuracy_reward``), over the records that have an ``answer``;
+  (``rewards.accuracy_reward``), over the records that have an ``answer``; with
+  ``eval/truncated_share``, the share of those answers cut at ``max_completion_length`` (a
+  length blow-up shows there before the accuracy falls);
 - ``eval/loss`` and ``eval/token_accuracy``: teacher-forced on the records' ``solution``
   (mean NLL per completion token, and the share of completion tokens that are the student's
   argmax), over the records that have one: what an SFT run keeps its best checkpoint by.
@@ -26,16 +28,17 @@ def evaluate_in_training(ctx, records: list[dict]) -> dict:
 
     cfg, acc = ctx.cfg, ctx.accelerator
     mine = records[acc.process_index::acc.num_processes]
-    correct = graded = nll = tokens = hits = 0.0
+    correct = graded = cut = nll = tokens = hits = 0.0
     was_training = ctx.model.training
     ctx.model.eval()
     with torch.no_grad():
         with_answer = [r for r in mine if r.get("answer") not in (None, "")]
-        for chunk, _, texts in generate_batches(ctx.policy, ctx.tokenizer, with_answer,
+        for chunk, roll, texts in generate_batches(ctx.policy, ctx.tokenizer, with_answer,
                                                 lambda r: ctx.render([r["question"]])[0],
                                                 max_new_tokens=cfg.max_completion_length, batch_size=EVAL_BATCH):
             correct += sum(accuracy_reward(texts, answer=[r["answer"] for r in chunk]))
             graded += len(chunk)
+            cut += float(roll.truncated.sum())
         with_solution = [r for r in mine if r.get("solution") not in (None, "")]
         for a in range(0, len(with_solution), EVAL_BATCH):
             chunk = with_solution[a:a + EVAL_BATCH]
@@ -49,12 +52,12 @@ def evaluate_in_training(ctx, records: list[dict]) -> dict:
             tokens += float(mask.sum())
     ctx.model.train(was_training)
     if acc.num_processes > 1:
-        sums = acc.reduce(torch.tensor([correct, graded, nll, tokens, hits], dtype=torch.float64, device=acc.device),
-                          reduction="sum")
-        correct, graded, nll, tokens, hits = sums.tolist()
+        sums = acc.reduce(torch.tensor([correct, graded, cut, nll, tokens, hits], dtype=torch.float64,
+                                       device=acc.device), reduction="sum")
+        correct, graded, cut, nll, tokens, hits = sums.tolist()
     out = {}
     if graded:
-        out["eval/accuracy"] = correct / graded
+        out |= {"eval/accuracy": correct / graded, "eval/truncated_share": cut / graded}
     if tokens:
         out |= {"eval/loss": nll / tokens, "eval/token_accuracy": hits / tokens}
     return out
