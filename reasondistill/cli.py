@@ -64,6 +64,30 @@ def leave_distributed() -> None:
     os._exit(0)
 
 
+_PRESET_FLAGS = ("temperature", "top_p", "samples", "max_new_tokens", "limit", "sample_seed", "system",
+                 "question_template")
+
+
+def _apply_preset(args) -> None:
+    """Fill the flags a preset sets and the user left unset (explicit flags win), then the plain defaults."""
+    from .eval.selection import get_preset, preset_value
+
+    preset = get_preset(args.preset)
+    if preset and preset["task"] != args.task:
+        raise SystemExit(f"eval: preset {args.preset} is for --task {preset['task']}, not {args.task}")
+    defaults = {"sample_seed": 0}
+    for flag in _PRESET_FLAGS:
+        if flag == "limit" and args.first is not None:
+            continue  # --first replaces the preset's random subsample
+        value = preset_value(preset, flag, args.benchmark)
+        if value is not None and (getattr(args, flag) is None or getattr(args, flag) == defaults.get(flag)):
+            setattr(args, flag, value)
+    if preset.get("shuffle") is False:
+        args.no_shuffle = True
+    args.samples = 1 if args.samples is None else args.samples
+    args.max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
+
+
 def _cmd_eval(args) -> int:
     if args.mode == "pairwise":
         if args.task != "math":
@@ -71,6 +95,7 @@ def _cmd_eval(args) -> int:
         return _cmd_eval_pairwise(args)
     if not args.model:
         raise SystemExit("eval: --model is required")
+    _apply_preset(args)
     if args.task != "math":
         return _cmd_eval_task(args)
     if args.temperature is None:
@@ -80,16 +105,21 @@ def _cmd_eval(args) -> int:
     from .data.benchmarks import load_jsonl
     from .models import resolve_model
     from .eval.math_eval import eval_records, evaluate, write_results
+    from .eval.selection import select_records
     from .models import assert_compatible, load_model, load_tokenizer
 
     if bool(args.benchmark) == bool(args.data):
         raise SystemExit("eval: give exactly one of --benchmark NAME or --data FILE")
-    if args.benchmark:
-        records = eval_records(args.benchmark, args.data_dir, limit=args.limit, seed=args.seed)
+    if args.benchmark == "arith":  # generated problems: --limit / --first is how many (seeded)
+        records, chosen = eval_records("arith", limit=args.limit or args.first, seed=args.seed), {}
+    elif args.benchmark:  # --first goes to the loader (its order), --limit subsamples what it read
+        records, chosen = select_records(eval_records(args.benchmark, args.data_dir, limit=args.first), args.limit,
+                                         args.first, args.sample_seed)
     else:
         if not args.question_field or not args.answer_field:
             raise SystemExit("eval --data needs --question-field and --answer-field")
-        records = load_jsonl(args.data, args.question_field, args.answer_field, limit=args.limit)
+        records, chosen = select_records(load_jsonl(args.data, args.question_field, args.answer_field,
+                                                    limit=args.first), args.limit, args.first, args.sample_seed)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = resolve_model(args.model)
@@ -107,9 +137,11 @@ def _cmd_eval(args) -> int:
                              top_p=args.top_p or 1.0,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=teacher,
                              kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True,
-                             system=args.system)
-    summary.update({"model": args.model, "teacher": args.teacher,
-                    "benchmark": args.benchmark or str(args.data)})
+                             system=args.system, question_template=args.question_template)
+    summary.update({"model": args.model, "teacher": args.teacher, "preset": args.preset,
+                    "benchmark": args.benchmark or str(args.data), "selection": chosen,
+                    "temperature": args.temperature, "top_p": args.top_p or 1.0, "system": args.system,
+                    "question_template": args.question_template})
     per, summ = write_results(args.output_dir, rows, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {per} and {summ}", file=sys.stderr)
@@ -144,8 +176,12 @@ def _cmd_eval_task(args) -> int:
         template = load_instruct_template(args.judge_template)
         judge = make_instruct_judge(args.judge, args.judge_model, max_tokens=args.judge_max_tokens,
                                     workers=args.workers or 4, device=args.device)
+    from .eval.selection import select_records
+
     source = args.benchmark or args.data
-    records = load_task_records(task, source, args.data_dir, limit=args.limit)
+    # --first goes to the loader (multiple choice: spread over the subject files), --limit subsamples
+    records, chosen = select_records(load_task_records(task, source, args.data_dir, limit=args.first), args.limit,
+                                     args.first, args.sample_seed)
     if not records:
         raise ValueError(f"eval --task {task}: {source} holds no records")
     model_path = resolve_model(args.model)
@@ -157,7 +193,7 @@ def _cmd_eval_task(args) -> int:
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              workers=args.workers or 2, timeout=args.timeout, seed=args.seed,
                              shuffle=not args.no_shuffle, chat=args.chat, system=args.system, progress=True)
-    summary.update({"model": args.model, "limit": args.limit})
+    summary.update({"model": args.model, "limit": args.limit, "preset": args.preset, "selection": chosen})
     per, summ = write_results(args.output_dir, rows, summary, prefix=task)
     print(json.dumps(summary, indent=2))
     print(f"wrote {per} and {summ}", file=sys.stderr)
@@ -258,12 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--answer-field", default=None)
     e.add_argument("--data-dir", default=None, help="benchmark folder (else $REASONDISTILL_DATA_DIR)")
     e.add_argument("--limit", type=int, default=None,
-                   help="at most N questions (choice: in all, spread over the files)")
-    e.add_argument("--samples", type=int, default=1, help="math, code: k answers per question: avg@k / pass@k")
+                   help="a seeded random subsample of N records (--sample-seed; recorded in the summary)")
+    e.add_argument("--first", type=int, default=None, help="the first N records instead (the file's order)")
+    e.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit subsample")
+    e.add_argument("--preset", default=None, help="a paper's evaluation protocol (explicit flags still win): "
+                   "pipeline, tgpo, vcrd, vcrd-code, vcrd-instruct (see eval/selection.py)")
+    e.add_argument("--question-template", default=None,
+                   help="math: the user message, with {question} (the pipeline preset uses the paper's Box 6)")
+    e.add_argument("--samples", type=int, default=None,
+                   help="math, code: k answers per question: avg@k / pass@k (default 1)")
     e.add_argument("--temperature", type=float, default=None,
                    help="0 = greedy (with --samples 1); default 0, instruct 0.8 (the paper's)")
     e.add_argument("--top-p", type=float, default=None, help="nucleus sampling; default 1, instruct 0.95")
-    e.add_argument("--max-new-tokens", type=int, default=512)
+    e.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--teacher", default=None, help="report per-example KL(student||teacher) and CS")
     e.add_argument("--kl-budget", type=float, default=0.35, help="d for constraint satisfaction")

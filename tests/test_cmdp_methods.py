@@ -249,6 +249,7 @@ def test_boundary_term_only_on_boundary_and_infeasible_tokens():
     kl = torch.tensor([[0.1, 0.1, 0.1, 0.1, 0.0], [0.5, 0.4, 0.3, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]],
                       dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    grads = []
     for eps, mode, budget in [(0.0, "sum", 0.6), (0.25, "sum", 0.6), (0.0, "length_normalized", 0.15)]:
         cfg = build_config(cmdp.Config, overrides=dict(budget=budget, budget_mode=mode, boundary_epsilon=eps,
                                                        num_generations=3))
@@ -262,8 +263,10 @@ def test_boundary_term_only_on_boundary_and_infeasible_tokens():
             want.append([1.0 / 14 if s <= eps + 1e-12 else 0.0 for s in slack] + [0.0] * (5 - n))
         torch.testing.assert_close(g, torch.tensor(want, dtype=torch.float64))
         assert g[0, 4] == 0  # padding never
+        grads.append(g)
     # the three cases differ, so the test can tell them apart
-    assert True
+    assert not torch.equal(grads[0], grads[1]) and not torch.equal(grads[0], grads[2]) \
+        and not torch.equal(grads[1], grads[2])
 
 
 def test_cmdp_micro_batches_sum_to_the_full_batch(tokenizer, acc, student, teacher, examples):

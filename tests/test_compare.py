@@ -130,3 +130,14 @@ def test_shared_bootstrap_stage_feeds_every_run(tmp_path, tiny_models):
         assert rc["student"] == str(boot) and rc["max_steps"] == 1
     assert [r["model"] for r in res["table"]] == ["CMDP", "GKD", "Student model", "Bootstrapped student",
                                                   "Teacher model"]
+
+
+def test_compare_eval_limit_is_the_first_rows_or_a_seeded_subsample():
+    from reasondistill.eval.selection import select_records
+
+    recs = [{"id": i} for i in range(50)]
+    assert C._first({"limit": 5, "sample_seed": None}, "gsm8k") == 5  # the old behaviour: the loader cuts
+    assert C._limited(recs, {"limit": 5, "sample_seed": None}, "gsm8k") is recs
+    assert C._first({"limit": 5, "sample_seed": 2}, "gsm8k") is None  # read whole, then draw
+    assert C._limited(recs, {"limit": 5, "sample_seed": 2}, "gsm8k") == select_records(recs, 5, seed=2)[0] != recs[:5]
+    assert C._first({"limit": 5, "sample_seed": 2}, "arith") == 5  # generated problems are already random

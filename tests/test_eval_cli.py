@@ -69,10 +69,49 @@ def test_eval_cli_on_real_benchmark_files(tiny, tmp_path):
     assert main(["eval", "--model", str(tiny / "student"), "--benchmark", "gsm8k", "--data-dir", str(SHARED),
                  "--limit", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "a")]) == 0
     assert main(["eval", "--model", str(tiny / "student"), "--data", str(SHARED / "svamp.jsonl"),
-                 "--question-field", "Body,Question", "--answer-field", "Answer", "--limit", "2",
+                 "--question-field", "Body,Question", "--answer-field", "Answer", "--first", "2",
                  "--max-new-tokens", "4", "--output-dir", str(tmp_path / "b")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "b" / "eval_examples.jsonl").read_text().splitlines()]
     assert rows[0]["gold"] == "145" and "bananas" in rows[0]["question"]
+
+
+def _questions(out):
+    return [json.loads(x)["question"] for x in (out / "eval_examples.jsonl").read_text().splitlines()]
+
+
+def test_limit_is_a_seeded_random_subsample_recorded_in_the_summary(tiny, tmp_path):
+    from reasondistill.data.benchmarks import load_jsonl
+    from reasondistill.eval.selection import select_records
+
+    base = ["eval", "--model", str(tiny / "student"), "--data", str(SHARED / "svamp.jsonl"), "--question-field",
+            "Body,Question", "--answer-field", "Answer", "--max-new-tokens", "2", "--limit", "5"]
+    for name, seed in (("s3", "3"), ("s3again", "3"), ("s4", "4")):
+        assert main([*base, "--sample-seed", seed, "--output-dir", str(tmp_path / name)]) == 0
+    everything = load_jsonl(SHARED / "svamp.jsonl", "Body,Question", "Answer")
+    want, chosen = select_records(everything, limit=5, seed=3)
+    assert _questions(tmp_path / "s3") == [r["question"] for r in want] == _questions(tmp_path / "s3again")
+    assert _questions(tmp_path / "s4") != _questions(tmp_path / "s3")
+    assert _questions(tmp_path / "s3") != [r["question"] for r in everything[:5]]  # not the first rows
+    summary = json.loads((tmp_path / "s3" / "eval_summary.json").read_text())
+    assert summary["selection"] == chosen == {"limit": 5, "sample_seed": 3, "num_records": 5, "num_available": 1000}
+    assert main([*base, "--first", "2", "--output-dir", str(tmp_path / "both")]) == 2  # one or the other
+
+
+def test_preset_sets_the_papers_protocol_and_explicit_flags_win(tiny, tmp_path):
+    from reasondistill.eval.selection import PIPELINE_BOX6
+
+    base = ["eval", "--model", str(tiny / "student"), "--benchmark", "gsm8k", "--data-dir", str(SHARED),
+            "--preset", "pipeline", "--limit", "3", "--max-new-tokens", "2"]
+    assert main([*base, "--output-dir", str(tmp_path / "p")]) == 0
+    s = json.loads((tmp_path / "p" / "eval_summary.json").read_text())
+    assert s["preset"] == "pipeline" and s["samples"] == 2 and s["temperature"] == 0.5
+    assert s["selection"]["limit"] == 3  # the explicit --limit beat the preset's 200
+    assert main([*base, "--temperature", "0.9", "--output-dir", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "eval_summary.json").read_text())["temperature"] == 0.9
+    rows = [json.loads(x) for x in (tmp_path / "p" / "eval_examples.jsonl").read_text().splitlines()]
+    assert s["question_template"] == PIPELINE_BOX6 and len(rows) == 6  # 3 questions x 2 samples
+    with pytest.raises(SystemExit, match="preset pipeline is for --task math"):
+        main([*base, "--task", "code", "--output-dir", str(tmp_path / "x")])
 
 
 def test_train_cli_rejects_unknown_key_and_lists_keys(tiny, tmp_path, capsys):

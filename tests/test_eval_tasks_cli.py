@@ -54,7 +54,7 @@ def test_code_task_on_a_jsonl_file_with_samples(tmp_path, capsys):
 @needs_shared
 def test_code_task_on_humaneval(tmp_path):
     out = tmp_path / "he"
-    assert run("--task", "code", "--benchmark", "humaneval", "--data-dir", str(SHARED), "--limit", "2",
+    assert run("--task", "code", "--benchmark", "humaneval", "--data-dir", str(SHARED), "--first", "2",
                "--max-new-tokens", "8", "--output-dir", str(out)) == 0
     rows, s = read(out, "code")
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1"] and s["benchmark"] == "humaneval"
@@ -76,7 +76,7 @@ def test_choice_task_on_a_folder_is_balanced_and_the_shuffle_follows_the_seed(tm
     outs = {}
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         outs[name] = tmp_path / name
-        assert run("--task", "choice", "--data", str(data), "--limit", "5", "--seed", seed, "--max-new-tokens", "6",
+        assert run("--task", "choice", "--data", str(data), "--first", "5", "--seed", seed, "--max-new-tokens", "6",
                    "--output-dir", str(outs[name])) == 0
     rows, s = read(outs["a"], "choice")
     assert s["task"] == "choice" and s["num_questions"] == 5 and s["seed"] == 0 and s["shuffle"] is True
@@ -95,7 +95,7 @@ def test_choice_task_on_a_folder_is_balanced_and_the_shuffle_follows_the_seed(tm
     assert 0.0 <= s["accuracy"] <= 1.0 and s["num_unparseable"] == sum(r["extracted"] is None for r in rows)
 
     out = tmp_path / "plain"
-    assert run("--task", "choice", "--data", str(data / "algebra_test.csv"), "--limit", "2", "--no-shuffle",
+    assert run("--task", "choice", "--data", str(data / "algebra_test.csv"), "--first", "2", "--no-shuffle",
                "--max-new-tokens", "4", "--output-dir", str(out)) == 0
     rows, s = read(out, "choice")
     assert s["shuffle"] is False and [r["gold"] for r in rows] == ["B", "B"]
@@ -104,7 +104,7 @@ def test_choice_task_on_a_folder_is_balanced_and_the_shuffle_follows_the_seed(tm
 @needs_shared
 def test_choice_task_on_mmlu(tmp_path):
     out = tmp_path / "mmlu"
-    assert run("--task", "choice", "--benchmark", "mmlu", "--data-dir", str(SHARED), "--limit", "5",
+    assert run("--task", "choice", "--benchmark", "mmlu", "--data-dir", str(SHARED), "--first", "5",
                "--max-new-tokens", "4", "--output-dir", str(out)) == 0
     rows, s = read(out, "choice")
     assert s["benchmark"] == "mmlu" and len({r["subject"] for r in rows}) == 5  # one per subject file
@@ -129,7 +129,7 @@ def test_instruct_task_with_an_endpoint_judge(tmp_path, judge_url, capsys):
     template = tmp_path / "t.txt"
     template.write_text("Q: {question}\nA: {answer_a}\nB: {answer_b}\nVerdict:")
     out = tmp_path / "out"
-    assert run("--task", "instruct", "--data", str(data), "--limit", "2", "--judge", judge_url, "--judge-model",
+    assert run("--task", "instruct", "--data", str(data), "--first", "2", "--judge", judge_url, "--judge-model",
                "embedded:teacher", "--judge-template", str(template), "--judge-max-tokens", "6",
                "--max-new-tokens", "10", "--output-dir", str(out)) == 0
     rows, s = read(out, "instruct")
@@ -148,7 +148,7 @@ def test_instruct_task_on_alpaca_eval_with_the_papers_template(tmp_path, judge_u
     """The §10.3.1 prompt alone is longer than the embedded teacher's 512-token context: every
     call is refused by the server, and the run still completes and says so."""
     out = tmp_path / "ae"
-    assert run("--task", "instruct", "--benchmark", "alpaca_eval", "--data-dir", str(SHARED), "--limit", "2",
+    assert run("--task", "instruct", "--benchmark", "alpaca_eval", "--data-dir", str(SHARED), "--first", "2",
                "--judge", judge_url, "--judge-model", "embedded:teacher", "--max-new-tokens", "8",
                "--output-dir", str(out)) == 0
     rows, s = read(out, "instruct")

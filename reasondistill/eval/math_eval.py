@@ -91,12 +91,21 @@ def length_stats(rows: list[dict], wall: float | None = None) -> dict:
 def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, teacher=None,
              kl_budget: float | None = 0.35, shared_vocab: int | None = None, seed: int = 0,
-             system: str | None = None, progress: bool = False) -> tuple[list[dict], dict]:
-    """Evaluate ``model`` on ``records`` (dicts with id, question, answer); returns (rows, summary)."""
+             system: str | None = None, progress: bool = False,
+             question_template: str | None = None) -> tuple[list[dict], dict]:
+    """Evaluate ``model`` on ``records`` (dicts with id, question, answer); returns (rows, summary).
+    ``question_template`` (with ``{question}``) wraps each question into the user message (e.g. the
+    pipeline paper's Box 6 prompt, ``eval.selection.PIPELINE_BOX6``)."""
+    if question_template is not None and "{question}" not in question_template:
+        raise ValueError("question_template must contain {question}")
+
+    def user(q: str) -> str:
+        return q if question_template is None else question_template.replace("{question}", q)
+
     rows: list[dict] = []
     t0 = time.time()
     for chunk, roll, texts in generate_batches(
-            model, tokenizer, records, lambda r: render_prompt(tokenizer, r["question"], system=system),
+            model, tokenizer, records, lambda r: render_prompt(tokenizer, user(r["question"]), system=system),
             samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
             batch_size=batch_size, seed=seed, progress=progress):
         kls = _kl_per_row(model, teacher, roll, shared_vocab).tolist() if teacher is not None else None

@@ -19,6 +19,7 @@ The config (YAML)::
     eval:
       benchmarks: [arith]        # or gsm8k, math500, ... (data_dir: or $REASONDISTILL_DATA_DIR)
       limit: 400
+      sample_seed: null          # null: the first `limit` rows of a benchmark file; a seed: a random `limit`
       kl_budget: 0.35
       max_new_tokens: 64
       judge: rule                # rule | http(s)://HOST:PORT/v1 (judge_model:) | a local model
@@ -68,6 +69,8 @@ REFERENCE_ROWS = ("Student model", "Bootstrapped student", "Teacher model")
 
 EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_new_tokens": 64, "batch_size": 64,
                  "judge": "rule", "judge_model": None, "judge_template": None, "data_dir": None, "seed": 0,
+                 # None: the first `limit` records of a benchmark file; an int: a random `limit` drawn with it
+                 "sample_seed": None,
                  "student": True, "teacher": True,
                  # beyond math (evaluate_tasks): a benchmark name or file per task, None = skip
                  "code": None, "code_limit": None, "choice": None, "choice_limit": None,
@@ -211,8 +214,23 @@ def _eval_settings(ev: dict, model_path) -> dict:
 
     p = Path(resolve_model(str(model_path)))
     w = p / "model.safetensors"
-    return {"limit": ev["limit"], "kl_budget": ev["kl_budget"], "max_new_tokens": ev["max_new_tokens"],
+    return {"limit": ev["limit"], "sample_seed": ev["sample_seed"], "kl_budget": ev["kl_budget"],
+            "max_new_tokens": ev["max_new_tokens"],
             "seed": ev["seed"], "model": str(p), "weights_mtime": w.stat().st_mtime if w.exists() else None}
+
+
+def _first(ev: dict, bench: str):
+    """What the loader reads: the embedded task generates ``limit`` problems; a file is cut to its
+    first ``limit`` rows unless ``sample_seed`` asks for a random subsample (then read whole)."""
+    return ev["limit"] if bench == "arith" or ev["sample_seed"] is None else None
+
+
+def _limited(records: list, ev: dict, bench: str) -> list:
+    from ..eval.selection import select_records
+
+    if bench == "arith" or ev["sample_seed"] is None or ev["limit"] is None:
+        return records
+    return select_records(records, ev["limit"], seed=ev["sample_seed"])[0]
 
 
 def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, dict]]:
@@ -228,7 +246,7 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
     teacher, t_tok = None, None
     results: dict[str, dict[str, dict]] = {}
     for bench in ev["benchmarks"]:
-        records = eval_records(bench, ev["data_dir"], limit=ev["limit"], seed=ev["seed"])
+        records = _limited(eval_records(bench, ev["data_dir"], limit=_first(ev, bench), seed=ev["seed"]), ev, bench)
         for name, path in models.items():
             d = out / slug(name)
             summ = d / f"{bench}_summary.json"
@@ -304,11 +322,14 @@ def evaluate_tasks(cfg: dict, models: dict[str, str], evals: dict) -> dict[str, 
             summ = out / slug(name) / f"{task}_{_task_label(source)}_summary.json"
             if summ.exists():
                 cached = json.loads(summ.read_text())
-                if cached.get("benchmark") == source and cached.get("limit") == limit:
+                if cached.get("benchmark") == source and cached.get("limit") == limit \
+                        and cached.get("sample_seed") == ev["sample_seed"]:
                     results.setdefault(name, {})[task] = cached
                     continue
             if task not in records:
-                records[task] = load_task_records(task, source, ev["data_dir"], limit=limit)
+                records[task] = _limited(load_task_records(task, source, ev["data_dir"],
+                                                           limit=limit if ev["sample_seed"] is None else None),
+                                         {**ev, "limit": limit}, source)
             if task == "instruct" and judge is None:
                 from ..eval.instruct_eval import load_instruct_template, make_instruct_judge
 
@@ -322,7 +343,7 @@ def evaluate_tasks(cfg: dict, models: dict[str, str], evals: dict) -> dict[str, 
                   flush=True)
             rows, s = run_task(task, model, tok, records[task], benchmark=source, judge=judge, template=template,
                                max_new_tokens=ev["task_max_new_tokens"], batch_size=ev["batch_size"], seed=ev["seed"])
-            s.update({"model": str(path), "limit": limit})
+            s.update({"model": str(path), "limit": limit, "sample_seed": ev["sample_seed"]})
             write_results(summ.parent, rows, s, prefix=f"{task}_{_task_label(source)}")
             results.setdefault(name, {})[task] = s
     for name, by_task in results.items():
