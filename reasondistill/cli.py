@@ -93,8 +93,8 @@ def _cmd_eval(args) -> int:
         if args.task != "math":
             raise SystemExit("eval pairwise judges two answer files; --task does not apply to it")
         return _cmd_eval_pairwise(args)
-    if not args.model:
-        raise SystemExit("eval: --model is required")
+    if bool(args.model) == bool(args.base_url):
+        raise SystemExit("eval: give --model PATH (a local model) or --base-url URL --api-model NAME (an endpoint)")
     _apply_preset(args)
     if args.task != "math":
         return _cmd_eval_task(args)
@@ -122,9 +122,7 @@ def _cmd_eval(args) -> int:
                                                     limit=args.first), args.limit, args.first, args.sample_seed)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_path = resolve_model(args.model)
-    model = load_model(model_path, dtype=args.dtype, device=args.device)
-    tok = load_tokenizer(model_path)
+    model, tok = _eval_model(args)
     teacher, shared = None, None
     if args.teacher:
         teacher_path = resolve_model(args.teacher)
@@ -138,14 +136,29 @@ def _cmd_eval(args) -> int:
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=teacher,
                              kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True,
                              system=args.system, question_template=args.question_template)
-    summary.update({"model": args.model, "teacher": args.teacher, "preset": args.preset,
-                    "benchmark": args.benchmark or str(args.data), "selection": chosen,
+    summary.update({"model": args.model or f"{args.api_model} at {args.base_url}", "teacher": args.teacher,
+                    "preset": args.preset, "benchmark": args.benchmark or str(args.data), "selection": chosen,
                     "temperature": args.temperature, "top_p": args.top_p or 1.0, "system": args.system,
                     "question_template": args.question_template})
     per, summ = write_results(args.output_dir, rows, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {per} and {summ}", file=sys.stderr)
     return 0
+
+
+def _eval_model(args):
+    """(model, tokenizer): a local model, or an OpenAI-compatible endpoint (tokenizer None)."""
+    if args.base_url:
+        from .eval.api_model import APIModel
+
+        if not args.api_model:
+            raise SystemExit("eval --base-url needs --api-model NAME (the model id at the endpoint)")
+        return APIModel(args.base_url, args.api_model, api_key_env=args.api_key_env, workers=args.workers or 4,
+                        timeout=args.api_timeout), None
+    from .models import load_model, load_tokenizer, resolve_model
+
+    path = resolve_model(args.model)
+    return load_model(path, dtype=args.dtype, device=args.device), load_tokenizer(path)
 
 
 def _cmd_eval_task(args) -> int:
@@ -158,6 +171,8 @@ def _cmd_eval_task(args) -> int:
     from .models import load_model, load_tokenizer
 
     task = args.task
+    if args.base_url:
+        raise SystemExit(f"eval --task {task}: --base-url (an endpoint as the model) evaluates --task math for now")
     if args.teacher or args.question_field or args.answer_field:
         raise SystemExit(f"eval --task {task}: --teacher, --question-field and --answer-field are for --task math")
     if args.samples != 1 and task != "code":
@@ -286,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "answers by a pairwise --judge, both orders. Writes <task>_examples.jsonl and "
                         "<task>_summary.json (math: eval_*)")
     e.add_argument("--model", default=None, help="model folder, hub name or embedded:student")
+    e.add_argument("--base-url", default=None, help="instead of --model: an OpenAI-compatible endpoint "
+                   "(http(s)://HOST:PORT/v1) as the model under evaluation (math)")
+    e.add_argument("--api-model", default=None, help="with --base-url: the model id at the endpoint")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="with --base-url: the environment variable "
+                   "holding the key (none sent when unset)")
+    e.add_argument("--api-timeout", type=float, default=120.0, help="with --base-url: seconds per read")
     e.add_argument("--benchmark", default=None, help="math: gsm8k, math500, ..., or arith (embedded test split); "
                    "code: humaneval; choice: mmlu (the data dir's mmlu/ folder); instruct: alpaca_eval")
     e.add_argument("--data", default=None, help="any JSONL file (math: with --question-field/--answer-field; code: "

@@ -49,13 +49,33 @@ def eval_records(benchmark: str, data_dir: str | None = None, limit: int | None 
     return load_benchmark(benchmark, data_dir, limit=limit)
 
 
+def chat_messages(question: str, system: str | None = None) -> list[dict]:
+    """The conversation of one question: an optional system message and the user's."""
+    return ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": "user", "content": question}]
+
+
+def _render(tokenizer, prompt) -> str:
+    """A local model's prompt text: a conversation through the chat template (``render_prompt``),
+    a string as it is (already rendered, or a raw continuation)."""
+    if isinstance(prompt, str):
+        return prompt
+    system = next((m["content"] for m in prompt if m["role"] == "system"), None)
+    return render_prompt(tokenizer, next(m["content"] for m in prompt if m["role"] == "user"), system=system)
+
+
 def generate_batches(model, tokenizer, records: list, make_prompt, *, samples: int = 1, temperature: float = 0.0,
                      top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
                      progress: bool = False, desc: str = "eval"):
     """Yield ``(chunk, roll, texts)`` for consecutive batches of ``records``, every evaluation's
-    sampling loop: prompts from ``make_prompt(record)``, ``samples`` answers each, one generator
-    seeded with ``seed`` for the whole run; greedy unless ``samples > 1`` or ``temperature > 0``
-    (several samples at temperature 0 are drawn at 1.0)."""
+    sampling loop: prompts from ``make_prompt(record)`` (a conversation from ``chat_messages``, or
+    an already rendered string), ``samples`` answers each, one generator seeded with ``seed`` for
+    the whole run; greedy unless ``samples > 1`` or ``temperature > 0`` (several samples at
+    temperature 0 are drawn at 1.0). ``model`` may be an ``eval.api_model.APIModel``: then the
+    conversations go to the endpoint and ``roll`` is an ``APIBatch`` (``lengths``, ``truncated``,
+    ``group_index``, ``errors``)."""
+    from .api_model import APIModel
+
     if samples < 1:
         raise ValueError("samples must be >= 1")
     do_sample = samples > 1 or temperature > 0
@@ -69,7 +89,15 @@ def generate_batches(model, tokenizer, records: list, make_prompt, *, samples: i
         batches = tqdm(batches, desc=desc, unit="batch")
     for start in batches:
         chunk = records[start: start + batch_size]
-        roll = generate(model, tokenizer, [make_prompt(r) for r in chunk], num_generations=samples,
+        prompts = [make_prompt(r) for r in chunk]
+        if isinstance(model, APIModel):
+            if any(isinstance(p, str) for p in prompts):
+                raise ValueError("an API model answers conversations, not raw prompts (code: use --chat)")
+            texts, batch = model.generate(prompts, samples=samples, temperature=temperature if do_sample else 0.0,
+                                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + start)
+            yield chunk, batch, texts
+            continue
+        roll = generate(model, tokenizer, [_render(tokenizer, p) for p in prompts], num_generations=samples,
                         max_new_tokens=max_new_tokens, temperature=temperature if do_sample else 1.0, top_p=top_p,
                         do_sample=do_sample, generator=gen)
         yield chunk, roll, roll.texts(tokenizer)
@@ -102,19 +130,26 @@ def evaluate(model, tokenizer, records: list[dict], *, samples: int = 1, tempera
     def user(q: str) -> str:
         return q if question_template is None else question_template.replace("{question}", q)
 
+    from .api_model import APIModel
+
+    if teacher is not None and isinstance(model, APIModel):
+        raise ValueError("the KL to a teacher needs the answers' token ids: evaluate a local model for it")
+
     rows: list[dict] = []
     t0 = time.time()
     for chunk, roll, texts in generate_batches(
-            model, tokenizer, records, lambda r: render_prompt(tokenizer, user(r["question"]), system=system),
+            model, tokenizer, records, lambda r: chat_messages(user(r["question"]), system),
             samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
             batch_size=batch_size, seed=seed, progress=progress):
         kls = _kl_per_row(model, teacher, roll, shared_vocab).tolist() if teacher is not None else None
-        lengths = roll.completion_mask.sum(1).tolist()
+        lengths = roll.lengths.tolist()
         for j, text in enumerate(texts):
             rec = chunk[roll.group_index[j].item()]
             row = {"id": rec.get("id"), "sample": j % samples, "question": rec["question"], "gold": rec["answer"],
                    "output": text, "extracted": extract_answer(text), "correct": bool(is_correct(text, rec["answer"])),
                    "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
+            if getattr(roll, "errors", None) and roll.errors[j]:
+                row["api_error"] = roll.errors[j]
             if kls is not None:
                 row["kl"] = kls[j]
             rows.append(row)
@@ -143,6 +178,9 @@ def summarize(rows: list[dict], samples: int = 1, kl_budget: float | None = 0.35
         if kl_budget is not None:
             out["kl_budget"] = kl_budget
             out["constraint_satisfaction"] = sum(k <= kl_budget for k in kls) / len(kls)
+    failures = sum(1 for r in rows if r.get("api_error"))
+    if failures:  # requests that failed after their retries: graded wrong, counted here
+        out["api_failures"] = failures
     if wall is not None:
         out["wall_seconds"] = wall
     return out
