@@ -106,3 +106,42 @@ def test_shipped_teacher_is_strong_and_student_weaker():
     assert accs["teacher"] >= 0.9, accs
     assert accs["student"] <= accs["teacher"] - 0.3, accs
     assert abs(accs["teacher"] - card["teacher_accuracy@400"]) < 0.06
+
+
+Q = "What is 7-7-8+9?"  # answer 1; running style 7-7=0, 0-8=-8, -8+9=1; grouped 7+9=16, 7+8=15, 16-15=1
+
+
+@pytest.mark.parametrize("prefix,token,want", [
+    ("", "7", 1.0),                                   # any start of an equation can continue
+    ("", "-", 1.0),
+    ("", "+", arith.VALIDITY_FLOOR),                  # an expression cannot start with +
+    ("7-7", "=", 1.0),
+    ("7-7=", "0", 1.0),
+    ("7-7=", "1", arith.VALIDITY_FLOOR),              # 7-7 is not 1..., and nothing true came before
+    ("7-7=0\n0-8=", "-", 1.0),                        # -8 is still reachable
+    ("7-7=0\n0-8=", "8", arith.VALIDITY_FLOOR + 0.45),  # one true line, then a false start
+    ("7-7=0\n0-8=-8\n", "-8+9=1", 1.0),
+    ("7-7=0\n0-8=-8\n-8+9=1\n", "\\boxed{", 1.0),
+    ("7-7=0\n0-8=-8\n-8+9=1\n\\boxed{", "1", 1.0),
+    ("7-7=0\n0-8=-8\n-8+9=1\n\\boxed{", "2", arith.VALIDITY_FLOOR + 0.45),
+    ("7-7=0\n0-8=-8\n-8+9=1\n\\boxed{1}", None, 1.0),   # EOS after the right box
+    ("7-7=0\n0-8=-8\n-8+9=1\n\\boxed{1", None, arith.VALIDITY_FLOOR + 0.45),  # EOS inside the box
+    ("7-7=0\n0-8=-8\n", None, arith.VALIDITY_FLOOR + 0.45),  # EOS before any answer
+    ("7-7=0\n0-8=-8\n-8+9=1\n\\boxed{1}\n", "7", arith.VALIDITY_FLOOR + 0.45),  # text after the answer
+    ("7+9=16\n7+8=15\n", "16-15=1", 1.0),             # the grouped style counts too
+    ("7+9=16\n7+8=15\n16-15=1\n\\boxed{1}", None, 1.0),
+    ("7-7=1\n", "1", arith.VALIDITY_FLOOR),           # a false first line: the floor
+    ("7-7=0\n0-8=-9\n-9+9=0\n", "\\", arith.VALIDITY_FLOOR + 0.45 * 2 / 3),  # graded by the true share
+    ("7-7=0\n", "x", arith.VALIDITY_FLOOR + 0.45),    # not arithmetic at all
+])
+def test_validity_score_table(prefix, token, want):
+    assert arith.validity_score(Q, prefix, token) == pytest.approx(want)
+
+
+def test_validity_score_is_never_zero_and_follows_the_answer():
+    assert arith.question_answer("What is 12-30+5?") == -13
+    assert arith.validity_score("What is 12-30+5?", "12-30=-18\n-18+5=-13\n\\boxed{", "-") == 1.0
+    assert arith.validity_score("What is 12-30+5?", "12-30=-18\n-18+5=-13\n\\boxed{", "1") < 1.0
+    assert min(arith.validity_score(Q, "", t) for t in ("+", "=", "}", "\\boxed{9}")) >= arith.VALIDITY_FLOOR
+    with pytest.raises(ValueError, match="not an embedded-task question"):
+        arith.question_answer("How many apples?")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,6 +188,80 @@ def generate(split: str, n: int, seed: int = 0, spec: TaskSpec = TaskSpec(), sty
     for p in out:
         p["source"] = f"arith-{split}"
     return out
+
+
+# --------------------------------------------------------------------------------------
+# A graded validity judge (VCRD's r(c, a): can this prefix still become a correct solution?)
+# --------------------------------------------------------------------------------------
+VALIDITY_FLOOR = 0.05
+"""The lowest score: a prefix that can no longer be completed still gets this much, so a validity
+ratio r_s / (r_t + 1e-8) stays within [0.05, 20] instead of jumping between 0 and 1e8."""
+
+_QUESTION_RE = re.compile(r"What is ([0-9+\-]+)\?")
+_EXPR_PREFIX_RE = re.compile(r"^-?(?:\d+(?:[+-]\d+)*[+-]?)?$")  # "", "-", "7", "7-", "7-8", "-8+9"
+
+
+def question_answer(question: str) -> int:
+    """The value of an embedded-task question ``What is 7-7-8+9?``."""
+    m = _QUESTION_RE.search(question)
+    if m is None:
+        raise ValueError(f"not an embedded-task question: {question!r}")
+    return _eval_plus_minus(m.group(1))
+
+
+def _line_can_continue(line: str, answer: int) -> bool:
+    """Whether a partial (unfinished) line can still become a true equation or the right box."""
+    if line.startswith("\\"):
+        return f"\\boxed{{{answer}}}".startswith(line)
+    lhs, eq, rhs = line.partition("=")
+    if not eq:
+        return bool(_EXPR_PREFIX_RE.match(lhs))
+    if not lhs or lhs[-1] in "+-" or not _EXPR_PREFIX_RE.match(lhs):
+        return False
+    return str(_eval_plus_minus(lhs)).startswith(rhs)
+
+
+def validity_score(question: str, prefix: str, token: str | None) -> float:
+    """A graded score in [VALIDITY_FLOOR, 1] of whether ``prefix + token`` can still be completed
+    into a correct worked solution (``token=None``: the answer ends here, EOS).
+
+    The rule (deliberately generous about style, so that running totals, grouped sums and any
+    other chain of true steps all count): a solution is lines ``expr=value`` that are each
+    arithmetically true, then ``\\boxed{answer}`` with the question's answer, then nothing.
+    ``prefix + token`` scores 1 when every finished line obeys this and the unfinished line can
+    still be completed to a true equation or to the right box (``7-8=-`` can: -1; ``7-8=2``
+    cannot; ``\\boxed{1`` can when the answer is 1 or 10..19). Otherwise the score is
+    ``VALIDITY_FLOOR + 0.45 x`` the share of finished equation lines that are true, so a prefix
+    that went wrong late keeps more than one wrong from the start, and no score is 0.
+    """
+    answer = question_answer(question)
+    text = prefix + (token or "")
+    *done, partial = text.split("\n")
+    ok, good, counted, boxed = True, 0, 0, False
+    for line in done:
+        if boxed and line.strip():
+            ok = False  # nothing may follow the boxed answer
+        elif line.startswith("\\"):
+            boxed = True
+            ok &= line.strip() == f"\\boxed{{{answer}}}"
+        elif line.strip():
+            counted += 1
+            lhs, eq, rhs = line.partition("=")
+            try:
+                true = bool(eq) and _eval_plus_minus(lhs) == int(rhs)
+            except ValueError:
+                true = False
+            good += true
+            ok &= true
+    if token is None:  # the end: the solution must be finished with the right box
+        ok &= (boxed and not partial.strip()) or partial.strip() == f"\\boxed{{{answer}}}"
+    elif boxed:
+        ok &= not partial.strip()
+    else:
+        ok &= _line_can_continue(partial, answer)
+    if ok:
+        return 1.0
+    return VALIDITY_FLOOR + 0.45 * (good / counted if counted else 0.0)
 
 
 @dataclass(frozen=True)
