@@ -79,6 +79,8 @@ def _apply_preset(args) -> None:
     for flag in _PRESET_FLAGS:
         if flag == "limit" and args.first is not None:
             continue  # --first replaces the preset's random subsample
+        if flag in ("temperature", "top_p") and getattr(args, "scoring", "generate") == "loglik":
+            continue  # likelihood scoring samples nothing
         value = preset_value(preset, flag, args.benchmark)
         if value is not None and (getattr(args, flag) is None or getattr(args, flag) == defaults.get(flag)):
             setattr(args, flag, value)
@@ -103,10 +105,9 @@ def _cmd_eval(args) -> int:
     import torch
 
     from .data.benchmarks import load_jsonl
-    from .models import resolve_model
     from .eval.math_eval import eval_records, evaluate, write_results
     from .eval.selection import select_records
-    from .models import assert_compatible, load_model, load_tokenizer
+    from .models import assert_compatible, load_model, load_tokenizer, resolve_model
 
     if bool(args.benchmark) == bool(args.data):
         raise SystemExit("eval: give exactly one of --benchmark NAME or --data FILE")
@@ -165,14 +166,13 @@ def _cmd_eval_task(args) -> int:
     """``eval --task code|choice|instruct``: records, (judge), model, run, write, print."""
     import torch
 
-    from .models import resolve_model
     from .eval.math_eval import write_results
     from .eval.task_runner import load_task_records, run_task
-    from .models import load_model, load_tokenizer
 
     task = args.task
-    if args.base_url:
-        raise SystemExit(f"eval --task {task}: --base-url (an endpoint as the model) evaluates --task math for now")
+    if args.base_url and task == "code" and not args.chat:
+        args.chat = True  # an endpoint answers conversations: the code prompt goes in as a chat instruction
+        print("eval --task code --base-url: asking through the chat instruction (--chat)", file=sys.stderr)
     if args.teacher or args.question_field or args.answer_field:
         raise SystemExit(f"eval --task {task}: --teacher, --question-field and --answer-field are for --task math")
     if args.samples != 1 and task != "code":
@@ -199,16 +199,16 @@ def _cmd_eval_task(args) -> int:
                                      args.first, args.sample_seed)
     if not records:
         raise ValueError(f"eval --task {task}: {source} holds no records")
-    model_path = resolve_model(args.model)
-    model = load_model(model_path, dtype=args.dtype, device=args.device)
-    tok = load_tokenizer(model_path)
+    model, tok = _eval_model(args)
     torch.manual_seed(args.seed)
     rows, summary = run_task(task, model, tok, records, benchmark=str(source), judge=judge, template=template,
                              samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              workers=args.workers or 2, timeout=args.timeout, seed=args.seed,
-                             shuffle=not args.no_shuffle, chat=args.chat, system=args.system, progress=True)
-    summary.update({"model": args.model, "limit": args.limit, "preset": args.preset, "selection": chosen})
+                             shuffle=not args.no_shuffle, chat=args.chat, system=args.system, progress=True,
+                             scoring=args.scoring, loglik_target=args.loglik_target)
+    summary.update({"model": args.model or f"{args.api_model} at {args.base_url}", "limit": args.limit,
+                    "preset": args.preset, "selection": chosen})
     per, summ = write_results(args.output_dir, rows, summary, prefix=task)
     print(json.dumps(summary, indent=2))
     print(f"wrote {per} and {summ}", file=sys.stderr)
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "<task>_summary.json (math: eval_*)")
     e.add_argument("--model", default=None, help="model folder, hub name or embedded:student")
     e.add_argument("--base-url", default=None, help="instead of --model: an OpenAI-compatible endpoint "
-                   "(http(s)://HOST:PORT/v1) as the model under evaluation (math)")
+                   "(http(s)://HOST:PORT/v1) as the model under evaluation (every task; choice: --scoring generate)")
     e.add_argument("--api-model", default=None, help="with --base-url: the model id at the endpoint")
     e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="with --base-url: the environment variable "
                    "holding the key (none sent when unset)")
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--first", type=int, default=None, help="the first N records instead (the file's order)")
     e.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit subsample")
     e.add_argument("--preset", default=None, help="a paper's evaluation protocol (explicit flags still win): "
-                   "pipeline, tgpo, vcrd, vcrd-code, vcrd-instruct (see eval/selection.py)")
+                   "pipeline, tgpo, tgpo-choice, vcrd, vcrd-code, vcrd-instruct (see eval/selection.py)")
     e.add_argument("--question-template", default=None,
                    help="math: the user message, with {question} (the pipeline preset uses the paper's Box 6)")
     e.add_argument("--samples", type=int, default=None,
@@ -338,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed; choice: also the option shuffle")
     e.add_argument("--no-shuffle", action="store_true", help="choice: keep the options in file order")
+    e.add_argument("--scoring", default="generate", choices=["generate", "loglik"],
+                   help="choice: generate an answer and read its letter, or loglik: the log-likelihood of each "
+                        "option after the prompt (no parsing; lm-evaluation-harness's standard)")
+    e.add_argument("--loglik-target", default="letter", choices=["letter", "text"],
+                   help="choice --scoring loglik: score each option's letter, or its text (per-character mean)")
     e.add_argument("--workers", type=int, default=None,
                    help="code: programs run at once (default 2); instruct: judge requests at once (default 4)")
     e.add_argument("--timeout", type=float, default=10.0, help="code: seconds per program")

@@ -361,8 +361,8 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_prom
     (SFT, KD, GKD's off-policy batches) share every forward with on-policy ones."""
     from .models import encode_prompts
 
-    pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos  # as generate() falls back
     p_ids = [ids[-max_prompt:] for ids in encode_prompts(tokenizer, prompts)]
     c_ids, cut = [], []
     for c in completions:

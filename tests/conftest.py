@@ -13,6 +13,14 @@ import torch
 # (no thread hand-off per tiny matmul, no spinning when another process holds a core).
 torch.set_num_threads(int(os.environ.get("REASONDISTILL_TEST_THREADS", "1")))
 
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach the Hugging Face Hub (a CI machine might have network): the Hub loaders
+    read these at call time and fail with their offline message instead of downloading."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The shared tokenizer. Do not mutate it: use ``clone_tokenizer`` for variants."""

@@ -1,5 +1,7 @@
 """Multiple-choice evaluation (reasondistill.eval.choice_eval): loading MMLU CSVs and JSONL,
-deterministic option shuffling, letter extraction, and an end-to-end run's accounting.
+deterministic option shuffling, letter extraction (a table of phrasings and traps), likelihood
+scoring checked against a direct float64 computation on a tiny random model, and an end-to-end
+run's accounting for both scorings.
 
 The real MMLU files come from $REASONDISTILL_DATA_DIR/mmlu or ../shared/benchmarks/mmlu; those
 tests skip if neither exists.
@@ -149,43 +151,91 @@ def test_format_prompt():
 # ------------------------------------------------------------------------------------------
 # Extraction
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is (C)", "C"),
-    ("the answer is C.", "C"),
-    ("Answer: c", "C"),
-    ("ANSWER: b", "B"),
-    ("Final answer: option D", "D"),
-    ("The correct answer is: (a)", "A"),
-    ("C.", "C"),
-    ("C", "C"),
-    ("(B) because 2+2=4", "B"),
-    ("D) 42", "D"),
-    ("\\boxed{C}", "C"),
-    ("so we get $\\boxed{\\text{(B)}}$.", "B"),
-    ("\\boxed{D. 42}", "D"),
-    ("**Answer: A**", "A"),
-    ("Option B is correct.", "B"),
-    ("A is tempting, but B is wrong too.\nThe answer is (D).", "D"),
-    ("The answer is (A). On reflection, the answer is (C).", "C"),
-    ("Let me think.\nB\n", "B"),
-    ("I think the answer is definitely C", None),
-    # absent or not a valid option
-    ("", None),
-    ("I do not know.", None),
-    ("The answer is 42.", None),
-    ("The answer is (E)", None),
-    ("The answer is a prime number.", None),
-    ("A prime number has two divisors.", None),
-    ("Answer: Cats", None),
+@pytest.mark.parametrize("text, n_options, expected", [
+    # explicit statements
+    ("The correct option is (B).", 4, "B"),
+    ("Correct option: B", 4, "B"),
+    ("I choose B.", 4, "B"),
+    ("I'll go with (A).", 4, "A"),
+    ("I think it's D.", 4, "D"),
+    ("The answer is (C)", 4, "C"),
+    ("the answer is C.", 4, "C"),
+    ("Answer: (D)", 4, "D"),
+    ("Answer: c", 4, "C"),
+    ("ANSWER: b", 4, "B"),
+    ("the answer is option A", 4, "A"),
+    ("Final answer: option D", 4, "D"),
+    ("My final answer: C", 4, "C"),
+    ("The correct answer is: (a)", 4, "A"),
+    ("The best choice is D", 4, "D"),
+    ("I think the answer is definitely C", 4, "C"),
+    ("Checking each option, the answer would be B) 4.", 4, "B"),
+    ("Option B is correct.", 4, "B"),
+    ("C is the right answer.", 4, "C"),
+    ("**Answer:** A", 4, "A"),
+    ("The answer is: **B**", 4, "B"),
+    ("\\boxed{B}", 4, "B"),
+    ("\\boxed{\\text{B}}", 4, "B"),
+    ("so we get $\\boxed{\\text{(B)}}$.", 4, "B"),
+    ("\\boxed{D. 42}", 4, "D"),
+    ("The answer is (E)", 5, "E"),
+    ("The answer is (I)", 10, "I"),
+    # no answer phrase: the letter alone, or a conclusive sentence
+    ("B) 4", 4, "B"),
+    ("B) Because the group has order four, the degree is 4.", 4, "B"),
+    ("(B) because 2+2=4", 4, "B"),
+    ("**C**", 4, "C"),
+    ("C.", 4, "C"),
+    ("C", 4, "C"),
+    ("(c)", 4, "C"),
+    ("Let me think.\nB\n", 4, "B"),
+    # traps: the last explicit statement wins, negated mentions never count, "a" as an article
+    ("A is wrong; the answer is C", 4, "C"),
+    ("The answer is D, not A.", 4, "D"),
+    ("Both A and B are wrong, so C", 4, "C"),
+    ("Option B is incorrect. The correct answer is A.", 4, "A"),
+    ("a good guess is B", 4, "B"),
+    ("A is tempting, but B is wrong too.\nThe answer is (D).", 4, "D"),
+    ("The answer is (A). On reflection, the answer is (C).", 4, "C"),
+    ("\\boxed{A}\nWait, the answer is C.", 4, "C"),
+    ("Not A. The answer is B.", 4, "B"),
+    ("I would not choose A; I choose C.", 4, "C"),
+    ("It is not B, so D.", 4, "D"),
+    # no answer: None (unparseable), never a crash
+    ("", 4, None),
+    ("I do not know.", 4, None),
+    ("The answer is 42.", 4, None),
+    ("The answer is (E)", 4, None),
+    ("(c)", 2, None),
+    ("Answer: I don't know.", 10, None),  # the pronoun, not option I
+    ("The answer is a prime number.", 4, None),
+    ("A prime number has two divisors.", 4, None),
+    ("Answer: Cats", 4, None),
+    ("B is wrong.", 4, None),
+    ("so neither A nor B", 4, None),
+    ("so a good answer needs thought", 4, None),
+    ("A. 0\nB. 4\nC. 2\nD. 6", 4, None),  # the options echoed back
+    ("12+7=19\n19-3=16\n\\boxed{16}", 4, None),
 ])
-def test_extract_choice(text, expected):
-    assert extract_choice(text, 4) == expected
+def test_extract_choice(text, n_options, expected):
+    assert extract_choice(text, n_options) == expected
 
 
-def test_extract_choice_more_options_and_boxed_text():
-    assert extract_choice("The answer is (E)", 5) == "E"
-    assert extract_choice("\\boxed{4}", 4, choices=["3", "4", "5", "6"]) == "B"
-    assert extract_choice("\\boxed{7}", 4, choices=["3", "4", "5", "6"]) is None
+@pytest.mark.parametrize("text, choices, expected", [
+    ("The answer is 4.", ["3", "4", "5", "6"], "B"),
+    ("Answer: 5", ["3", "4", "5", "6"], "C"),
+    ("The answer is $6$.", ["3", "4", "5", "6"], "D"),
+    ("\\boxed{4}", ["3", "4", "5", "6"], "B"),
+    ("4", ["3", "4", "5", "6"], "B"),
+    ("the answer is: paris", ["London", "Paris", "Rome", "Berlin"], "B"),
+    ("The answer is (C) Rome.", ["London", "Paris", "Rome", "Berlin"], "C"),  # the letter, not a text match
+    ("\\boxed{7}", ["3", "4", "5", "6"], None),
+    ("The answer is 7.", ["3", "4", "5", "6"], None),
+    ("The answer is 4.", ["4", "4", "5", "6"], None),  # two options with that text: ambiguous
+    ("I think it is Paris or Rome", ["London", "Paris", "Rome", "Berlin"], None),
+])
+def test_extract_choice_from_the_option_text(text, choices, expected):
+    assert extract_choice(text, len(choices), choices) == expected
 
 
 def test_summarize_choice():
@@ -231,3 +281,118 @@ def test_evaluate_choice_smoke(student, mmlu):
     json.dumps([rows, s])  # written as JSONL / JSON by the CLI
     unshuffled, s2 = evaluate_choice(model, tok, records, shuffle=False, max_new_tokens=8)
     assert [r["gold"] for r in unshuffled] == [r["answer"] for r in records] and s2["shuffle"] is False
+    assert s["scoring"] == "generate" and all(r["predicted"] == r["extracted"] for r in rows)
+
+    # likelihood scoring on the same questions: the same shown orders, an answer for every question
+    for target in ("letter", "text"):
+        ll, s3 = evaluate_choice(model, tok, records, seed=0, scoring="loglik", loglik_target=target, batch_size=8)
+        assert [(r["choices"], r["gold"]) for r in ll] == [(r["choices"], r["gold"]) for r in rows]
+        assert all(r["predicted"] in "ABCD" and len(r["option_scores"]) == 4 for r in ll)
+        assert s3["num_unparseable"] == 0 and s3["scoring"] == "loglik" and s3["loglik_target"] == target
+        assert "mean_tokens" not in s3 and set(s3["per_subject"]) == {"abstract_algebra", "college_physics"}
+
+
+# ------------------------------------------------------------------------------------------
+# Likelihood scoring, against a direct float64 computation on a tiny random model
+# ------------------------------------------------------------------------------------------
+LOGLIK_RECORDS = [
+    {"id": "t-1", "question": "What is 2+2?", "choices": ["3", "4", "5", "22"], "answer": "B", "answer_index": 1,
+     "subject": "arith"},
+    {"id": "t-2", "question": "Which is a colour?", "choices": ["red", "seven", "quickly"], "answer": "A",
+     "answer_index": 0, "subject": "words"},
+    {"id": "t-3", "question": "Pick the longest.", "choices": ["a", "a much longer option text", "mid size", "b c"],
+     "answer": "B", "answer_index": 1, "subject": "words"},
+]
+
+
+def _direct_logprob(model, tokenizer, prompt: str, continuation: str) -> float:
+    """sum of log p(continuation token | everything before it), float64, one unpadded sequence."""
+    import torch
+
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c])).logits[0].double()  # (P + C, V)
+    model.train(was)
+    logp = logits.log_softmax(-1)
+    return sum(logp[len(p) + k - 1, tok].item() for k, tok in enumerate(c))
+
+
+@pytest.fixture(scope="module")
+def loglik_runs(tiny_model, tokenizer):
+    """Both targets at batch 1 and batch 8 (12 / 11 pairs: batch 8 splits a question)."""
+    return {(target, bs): evaluate_choice(tiny_model, tokenizer, LOGLIK_RECORDS, seed=3, scoring="loglik",
+                                          loglik_target=target, batch_size=bs)
+            for target in ("letter", "text") for bs in (1, 8)}
+
+
+def test_loglik_requests():
+    from reasondistill.eval.choice_eval import ANSWER_PREFIX, LOGLIK_INSTRUCTION, loglik_requests
+    from reasondistill.tasks.arith import build_tokenizer
+
+    tok, rec = build_tokenizer(), LOGLIK_RECORDS[0]
+    prompt, conts = loglik_requests(rec, "letter", tok)
+    assert prompt.endswith("<|im_start|>assistant\n" + ANSWER_PREFIX) and "\nB. 4\n" in prompt
+    assert LOGLIK_INSTRUCTION in prompt and conts == [" A", " B", " C", " D"]
+    prompt, conts = loglik_requests(rec, "text", tok)
+    assert prompt.endswith(ANSWER_PREFIX) and "What is 2+2?" in prompt and "B. 4" not in prompt  # cloze form
+    assert conts == [" 3", " 4", " 5", " 22"]
+    with pytest.raises(ValueError, match="loglik_target"):
+        loglik_requests(rec, "both", tok)
+
+
+@pytest.mark.parametrize("target", ["letter", "text"])
+def test_loglik_scores_are_the_continuation_logprobs(loglik_runs, tiny_model, tokenizer, target):
+    from reasondistill.eval.choice_eval import loglik_requests
+
+    rows, s = loglik_runs[target, 8]
+    assert [r["id"] for r in rows] == [r["id"] for r in LOGLIK_RECORDS]
+    for row, rec in zip(rows, LOGLIK_RECORDS):
+        shown = shuffle_options(rec, 3)
+        prompt, conts = loglik_requests(shown, target, tokenizer)
+        direct = [_direct_logprob(tiny_model, tokenizer, prompt, c) for c in conts]
+        assert row["option_logprobs"] == pytest.approx(direct, abs=1e-5)
+        assert row["option_num_tokens"] == [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
+        if target == "text":  # mean log-prob per character of " " + option text
+            expected = [lp / len(" " + c.strip()) for lp, c in zip(row["option_logprobs"], row["choices"])]
+        else:
+            expected = row["option_logprobs"]
+        assert row["option_scores"] == pytest.approx(expected, rel=1e-12)
+        best = max(range(len(direct)), key=lambda j: row["option_scores"][j])
+        assert row["predicted"] == "ABCD"[best] and row["correct"] == (row["predicted"] == row["gold"])
+        assert row["scoring"] == "loglik" and row["loglik_target"] == target
+    assert s["scoring"] == "loglik" and s["loglik_target"] == target and s["num_unparseable"] == 0
+    assert s["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 3)
+    assert set(s["per_subject"]) == {"arith", "words"} and "wall_seconds" in s
+    json.dumps([rows, s])
+    assert tiny_model.training  # the model's mode is restored
+
+
+def test_loglik_batching_does_not_change_the_scores(loglik_runs):
+    for target in ("letter", "text"):
+        one, eight = loglik_runs[target, 1][0], loglik_runs[target, 8][0]
+        for a, b in zip(one, eight):
+            assert a["option_logprobs"] == pytest.approx(b["option_logprobs"], abs=1e-5)
+            assert a["predicted"] == b["predicted"]
+
+
+def test_the_shuffle_is_the_same_for_both_scorings(loglik_runs, tiny_model, tokenizer):
+    gen_rows, gen_summary = evaluate_choice(tiny_model, tokenizer, LOGLIK_RECORDS, seed=3, max_new_tokens=2)
+    assert gen_summary["scoring"] == "generate" and "loglik_target" not in gen_summary
+    for target in ("letter", "text"):
+        for g, ll, rec in zip(gen_rows, loglik_runs[target, 8][0], LOGLIK_RECORDS):
+            shown = shuffle_options(rec, 3)
+            assert g["choices"] == ll["choices"] == shown["choices"]
+            assert g["permutation"] == ll["permutation"] and g["gold"] == ll["gold"] == shown["answer"]
+    assert any(r["permutation"] != list(range(len(r["choices"]))) for r in gen_rows)
+
+
+def test_loglik_argument_errors(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        evaluate_choice(tiny_model, tokenizer, LOGLIK_RECORDS, scoring="likelihood")
+    with pytest.raises(ValueError, match="loglik_target must be one of"):
+        evaluate_choice(tiny_model, tokenizer, LOGLIK_RECORDS, scoring="loglik", loglik_target="letters")
+    with pytest.raises(ValueError, match="generate' only"):
+        evaluate_choice(tiny_model, tokenizer, LOGLIK_RECORDS, scoring="loglik", temperature=0.6)

@@ -82,3 +82,28 @@ def test_an_endpoint_cannot_give_the_teacher_kl(server):
     with pytest.raises(ValueError, match="token ids"):
         evaluate(APIModel(server, "embedded:teacher"), None, arith.generate("test", 1, seed=0),
                  teacher=object())
+
+
+def test_the_other_tasks_run_against_an_endpoint_too(server, tmp_path, capsys):
+    """code (asked through the chat instruction), choice (generate) and instruct (the same endpoint
+    as the judge: its verdicts are mostly unparseable, which is counted, not fatal) through --base-url."""
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+    base = ["eval", "--base-url", server, "--api-model", "embedded:teacher", "--data-dir", str(shared),
+            "--first", "3", "--max-new-tokens", "16"]
+    assert main([*base, "--task", "code", "--benchmark", "humaneval", "--output-dir", str(tmp_path / "c")]) == 0
+    assert main([*base, "--task", "choice", "--benchmark", "mmlu", "--output-dir", str(tmp_path / "m")]) == 0
+    code = json.loads((tmp_path / "c" / "code_summary.json").read_text())
+    choice = json.loads((tmp_path / "m" / "choice_summary.json").read_text())
+    assert code["num_tasks"] == 3 and choice["num_questions"] == 3 and choice["scoring"] == "generate"
+    assert main([*base, "--task", "instruct", "--benchmark", "alpaca_eval", "--judge", server, "--judge-model",
+                 "embedded:teacher", "--output-dir", str(tmp_path / "i")]) == 0
+    instruct = json.loads((tmp_path / "i" / "instruct_summary.json").read_text())
+    assert instruct["num_instructions"] == 3
+    rows = [json.loads(x) for x in (tmp_path / "m" / "choice_examples.jsonl").read_text().splitlines()]
+    assert all(1 <= r["num_tokens"] <= 16 for r in rows)  # lengths from the endpoint's usage
+    capsys.readouterr()
+    assert main([*base, "--task", "choice", "--benchmark", "mmlu", "--scoring", "loglik",
+                 "--output-dir", str(tmp_path / "l")]) == 2
+    assert "scoring=loglik needs" in capsys.readouterr().err

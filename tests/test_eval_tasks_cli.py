@@ -173,3 +173,16 @@ def test_bad_combinations_are_refused(tmp_path, capsys):
         main(["eval", "pairwise", "--task", "code"])
     assert run("--task", "code", "--data", str(tmp_path / "missing.jsonl")) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_choice_task_scored_by_likelihood_on_mmlu(tmp_path):
+    """--scoring loglik: every question gets an answer (nothing to parse), the scores are recorded,
+    and a preset's sampling temperature does not apply to it."""
+    out = tmp_path / "ll"
+    assert run("--task", "choice", "--benchmark", "mmlu", "--data-dir", str(SHARED), "--first", "8",
+               "--scoring", "loglik", "--loglik-target", "text", "--preset", "tgpo-choice",
+               "--output-dir", str(out)) == 0
+    s = json.loads((out / "choice_summary.json").read_text())
+    assert s["scoring"] == "loglik" and s["num_unparseable"] == 0 and s["preset"] == "tgpo-choice"
+    rows = [json.loads(x) for x in (out / "choice_examples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["option_scores"]) == len(r["choices"]) for r in rows)

@@ -305,3 +305,14 @@ def test_bad_arguments():
         run_program("pass", timeout=0)
     with pytest.raises(ValueError):
         run_many(["pass"], workers=0)
+
+
+def test_logging_and_numpy_testing_import_while_fork_stays_refused():
+    """EvalPlus's checker uses numpy.testing, which imports logging, which registers fork hooks:
+    registering is harmless (fork itself is refused), so it must not break the program."""
+    src = ("import logging, concurrent.futures\nimport numpy.testing as npt\n"
+           "npt.assert_allclose(0.1 + 0.2, 0.3)\nimport os\n"
+           "try:\n    os.fork()\nexcept PermissionError as e:\n    print('refused', e)\n")
+    r = run_program(src)
+    assert r.status == "passed", r
+    assert "refused" in r.stdout and "os.fork" in r.stdout

@@ -11,7 +11,9 @@ plus extras named per benchmark (``solution``, ``subject``, ``level``, ...).
 
 ``load_jsonl`` maps any schema by field names; ``BENCHMARKS`` holds the mapping of each known
 benchmark and ``load_benchmark(name)`` loads one from a data directory given as an argument or
-by the ``REASONDISTILL_DATA_DIR`` environment variable.
+by the ``REASONDISTILL_DATA_DIR`` environment variable; a benchmark whose file is not there comes
+from its Hugging Face Hub dataset (``data/hub.py``: the table of every benchmark the papers
+evaluate, and how each Hub schema maps onto these records).
 
 Answer conversion: a list stays a list (each item converted); a number becomes a string,
 integers without ``.0`` (145.0 -> "145"); a string that holds a worked solution is reduced to
@@ -302,15 +304,22 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[dict]:
-    """Load one of ``BENCHMARKS`` by name from ``data_dir`` (or ``$REASONDISTILL_DATA_DIR``)."""
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}; valid names: {', '.join(sorted(BENCHMARKS))}")
+    """Load a math benchmark by name: one of ``BENCHMARKS`` from ``data_dir`` (or
+    ``$REASONDISTILL_DATA_DIR``) when its file is there, else (or for a name only the Hub table
+    ``data.hub.DATA`` knows: aime25, cmath, ...) from its Hugging Face Hub dataset
+    (``data.hub.load_hub_benchmark``; offline, a ``DataError`` saying how to prepare it ahead).
+
+    Raises:
+        DataError: an unknown name (listing every known one), or data that cannot be had.
+    """
+    from . import hub
+
+    located = hub.locate(name, "math", {k: s.file for k, s in BENCHMARKS.items()}, data_dir)
+    if located.where != "local":
+        return hub.load_located(name, located, limit)
     spec = BENCHMARKS[name]
-    path = resolve_data_dir(data_dir) / spec.file
-    if not path.is_file():
-        raise DataError(f"benchmark {name!r}: file {path} not found")
     return load_jsonl(
-        path,
+        located.path,
         spec.question_field,
         spec.answer_field,
         id_field=spec.id_field,

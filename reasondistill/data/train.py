@@ -22,10 +22,10 @@ def load_records(dataset: str, cfg, split: str = "train") -> list[dict]:
         from ..tasks.arith import DatasetSpec
 
         return DatasetSpec.parse(dataset).records(seed=cfg.seed, split=split)
-    from . import benchmarks
+    from . import benchmarks, hub
 
-    if dataset in benchmarks.BENCHMARKS:
-        return benchmarks.load_benchmark(dataset, cfg.data_dir)
+    if dataset in benchmarks.BENCHMARKS or (dataset in hub.DATA and hub.DATA[dataset].task == "math"):
+        return benchmarks.load_benchmark(dataset, cfg.data_dir)  # a local file, else the Hub
     path = Path(dataset)
     if not path.exists():
         raise FileNotFoundError(f"dataset {dataset!r} is neither 'arith[:key=value,...]', a benchmark name "

@@ -1,50 +1,69 @@
-"""Multiple-choice evaluation (MMLU-style) with shuffled options.
+"""Multiple-choice evaluation (MMLU-style) with shuffled options, scored by generation or by
+likelihood.
 
 Protocol (teacher_guided_policy_optimization.md §4, "Benchmarks and Metrics"): out-of-domain
 multiple-choice benchmarks are scored by accuracy of the chosen letter, and the options are
 shuffled to mitigate position bias and contamination (a model that memorised "the answer to
 this question is C" gains nothing). The shuffle here is deterministic per (seed, record id),
-so a run is reproducible and two models evaluated with the same seed see the same orders;
-change the seed to average over orders.
+so a run is reproducible and two models (or two scorings) evaluated with the same seed see
+the same orders; change the seed to average over orders.
+
+Two scorings (:func:`evaluate_choice`):
+
+- ``scoring="generate"`` (default): the model writes an answer and :func:`extract_choice`
+  reads the letter; what it cannot read is counted *unparseable* (and wrong). This measures
+  the model as a user meets it, format-following included.
+- ``scoring="loglik"``: the standard of lm-evaluation-harness. Nothing is generated or
+  parsed: each option's continuation (its letter, or its text normalised by length) is scored
+  by its log-likelihood after the prompt, and the best-scored option is the answer. Every
+  question gets an answer, so a model that cannot follow the answer format is still measured
+  on what it knows.
 
 - :func:`load_choice_file`: headerless MMLU CSV (question, options A.., answer letter) or JSONL
   with configurable fields (``question``, ``choices`` list, ``answer`` as letter, 0-based index
   or the option's text). Records: ``id``, ``question``, ``choices``, ``answer`` (letter),
   ``answer_index``, ``subject`` (the file stem without ``_test``/``_val``/``_dev``), ``source``.
 - :func:`shuffle_options`: permutes the options and remaps the answer letter.
-- :func:`format_prompt`: question, lettered options, and an instruction to end with
-  "The answer is (X)".
-- :func:`extract_choice`: the chosen letter from free text, or None (counted as
-  *unparseable*, and wrong). Priority: the last ``\\boxed{}``; the last "answer is / answer:"
-  phrase; "option X is correct"; a reply that starts with the letter ("C.", "(C)", "C)");
-  a line holding only a letter. Lower-case letters are accepted ("Answer: c") except where they
-  read as an article ("the answer is a prime").
-- :func:`evaluate_choice`: chat-rendered prompts (``models.render_prompt``), greedy by
-  default, accuracy, unparseable count and per-subject accuracy.
+- :func:`format_prompt`: question, lettered options, and an instruction (generation: end with
+  "The answer is (X)").
+- :func:`extract_choice`: the chosen letter from free text, or None; its docstring lists the
+  rules (the last explicit answer statement wins; negated mentions never count).
+- :func:`loglik_requests`: the prompt and the per-option continuations that loglik scores.
+- :func:`evaluate_choice`: accuracy, unparseable count and per-subject accuracy for either
+  scoring.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import random
 import re
 import string
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
 from .math_eval import length_stats
 
 __all__ = [
+    "ANSWER_PREFIX",
     "DEFAULT_INSTRUCTION",
+    "LOGLIK_INSTRUCTION",
+    "LOGLIK_TARGETS",
+    "SCORINGS",
     "evaluate_choice",
     "extract_choice",
     "format_prompt",
     "load_choice_file",
     "load_choice_files",
+    "loglik_requests",
     "shuffle_options",
     "summarize_choice",
 ]
@@ -52,6 +71,12 @@ __all__ = [
 LETTERS = string.ascii_uppercase
 DEFAULT_INSTRUCTION = ('Answer with the letter of the correct option. End your reply with '
                        '"The answer is (X)", where X is that letter.')
+LOGLIK_INSTRUCTION = "Answer with the letter of the correct option."
+"""What the loglik letter prompt asks for (no "The answer is (X)" form: the reply is scored, not read)."""
+ANSWER_PREFIX = "Answer:"
+"""Written at the start of the reply before every loglik continuation (``" B"``, ``" 42"``)."""
+SCORINGS = ("generate", "loglik")
+LOGLIK_TARGETS = ("letter", "text")
 _SPLIT_SUFFIXES = ("_test", "_val", "_validation", "_dev", "_train")
 
 
@@ -215,10 +240,10 @@ def format_prompt(record: dict, instruction: str | None = DEFAULT_INSTRUCTION) -
 
 
 # --------------------------------------------------------------------------------------------
-# Extraction
+# Extraction (scoring="generate")
 # --------------------------------------------------------------------------------------------
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced)."""
+def _boxed_contents(text: str) -> list[tuple[int, str]]:
+    """(start, contents) of every ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced)."""
     out = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, i = 1, m.end()
@@ -226,7 +251,7 @@ def _boxed_contents(text: str) -> list[str]:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            out.append(text[m.end(): i - 1])
+            out.append((m.start(), text[m.end(): i - 1]))
     return out
 
 
@@ -238,70 +263,272 @@ def _unlatex(s: str) -> str:
     return s.replace("$", "")
 
 
-def _article(text: str, m: re.Match, group: int = 1) -> bool:
-    """A lower-case 'a' (or any lower-case letter) followed by a word reads as prose."""
-    letter = m.group(group)
-    return letter.islower() and re.match(r"\s+[A-Za-z]", text[m.end(group):]) is not None
+def _norm_option(s: str) -> str:
+    """An option's text or a stated answer, compared loosely: LaTeX wrappers, quotes, brackets
+    and a final full stop dropped, spaces collapsed, case folded."""
+    s = _unlatex(str(s)).strip().rstrip(".").strip()
+    s = re.sub(r"^[\"'(\[]+|[\"')\]]+$", "", s).strip()
+    return re.sub(r"\s+", " ", s).casefold()
+
+
+def _option_by_text(text: str, choices: Sequence[str] | None, letters: str) -> str | None:
+    """The letter of the one option whose text is ``text`` (see :func:`_norm_option`), else None."""
+    if not choices:
+        return None
+    t = _norm_option(text)
+    hits = [i for i, o in enumerate(choices[: len(letters)]) if t and _norm_option(o) == t]
+    return letters[hits[0]] if len(hits) == 1 else None
+
+
+# A mention of a letter that rejects it: "not A", "not option (A)", "neither A nor B", "rather than A" ...
+_NEGATED_BEFORE = re.compile(r"(?:\bnot|n't|\bnever|\bneither|\bnor|\bexcept|\brather\s+than|\binstead\s+of)\s+"
+                             r"(?:(?:option|choice|answer)\s+)?[\(\[]?\s*$", re.I)
+# ... or "A is wrong", "(A) is clearly incorrect", "A is not", "A isn't", "A can't be".
+_NEGATED_AFTER = re.compile(r"\s*[\)\]]?\s*(?:(?:is|was|seems|looks|appears|must\s+be)\s+(?:\w+\s+)?"
+                            r"(?:not\b|wrong|incorrect|false|impossible|ruled\s+out|eliminated)|isn't|can't|cannot)",
+                            re.I)
+_COPULA = r"(?:is|was|would\s+be|should\s+be|must\s+be|will\s+be|=|:|-)"
+_HEDGE = r"(?:(?:definitely|clearly|probably|likely|most\s+likely|certainly|obviously|indeed|then)\s+)?"
+
+
+@functools.lru_cache(maxsize=None)
+def _rules(n: int) -> dict:
+    """The compiled rules of :func:`extract_choice` for ``n`` options (letter group 1 in each)."""
+    up = LETTERS[:n]
+    cls = f"[{up}{up.lower()}]"
+    # a standalone letter, optionally bracketed: "C", "(c)", "[B]"; not part of a word ("Cats", "A's")
+    L = rf"[\(\[]?\s*(?<![A-Za-z0-9'])({cls})(?![A-Za-z0-9'])\s*[\)\]]?"
+    return {
+        # explicit final-answer statements; the last one in the text wins
+        "statements": [re.compile(p, re.I) for p in (
+            # "the answer is (C)", "Answer: c", "My final answer: option D", "The correct option is (B).",
+            # "Correct option: B", "the best choice would be D", "a good guess is B", "answer is definitely C"
+            rf"\b(?:answer|option|choice|guess|pick|letter|bet)\s*{_COPULA}\s*[:\-]?\s*{_HEDGE}"
+            rf"(?:(?:option|choice|letter)\s*[:\-]?\s*)?{L}",
+            # "Option B is correct.", "C is the right answer", "(A) is my answer" ("is incorrect" does not match)
+            rf"(?:\b(?:option|choice|letter|answer)\s*)?{L}\s+is\s+(?:the\s+|my\s+)?"
+            rf"(?:correct|right|best|true|final|answer)\b",
+            # "I choose B.", "I'll go with (A)", "we would pick C", "I think it's D"
+            rf"\b(?:i|we)(?:'ll|'d|\s+(?:would|will|shall|must|can|now))?\s+"
+            rf"(?:choose|pick|select|go\s+with|opt\s+for|say|think|believe)\s+(?:it(?:'s|\s+is)\s+)?"
+            rf"(?:(?:option|choice|answer)\s+)?{L}",
+        )],
+        # an answer statement followed by an option's text instead of its letter: "The answer is 4."
+        "stated_text": re.compile(rf"\b(?:answer|option|choice)\s*{_COPULA}\s*[:\-]?\s*([^\n]+)", re.I),
+        # a conclusive sentence: "Both A and B are wrong, so C"
+        "conclusive": re.compile(r"\b(?:so|therefore|thus|hence|consequently)\b([^.;!?\n]*)", re.I),
+        # letters of a conclusive sentence: upper case, or lower case only in brackets "(c)"
+        "bare_letter": re.compile(rf"(?<![A-Za-z0-9'])(?:\(([{up.lower()}])\)|([{up}]))(?![A-Za-z0-9'])"),
+        # a line holding only a letter: "B", "(B).", "c"
+        "letter_line": re.compile(rf"^[ \t]*[\(\[]?[ \t]*({cls})[ \t]*[\)\]]?[.:]?[ \t]*$", re.M),
+        # a reply that starts with the letter: "C", "C.", "(C)", "B) 42", "C: because ..."
+        "leading": re.compile(rf"[\(\[]\s*({cls})\s*[\)\]]|({cls})(?:\s*[.:)]|\s*$)"),
+        # lines that start like an option ("A. 3", "B) 4"): two or more of them is the options echoed back
+        "option_line": re.compile(rf"^\s*[\(\[]?([{up}])[\)\].:]\s", re.M),
+    }
+
+
+_WORD_AFTER = re.compile(r"\s+[A-Za-z]")
+_LOWER_WORD_AFTER = re.compile(r"\s+(?!is\b)[a-z]")
+
+
+def _is_word(text: str, end: int, letter: str, strict: bool = False) -> bool:
+    """Does the letter ending at ``end`` read as a word rather than an option? A lower-case
+    "a" or "i" followed by a word is the article or the pronoun ("the answer is a prime"), and
+    so is an upper-case "I" followed by a lower-case word ("Answer: I don't know" with ten
+    options); ``strict`` (sentences without an answer phrase) treats an upper-case "A" the same
+    way ("so A student ..."). Before "is" those upper-case letters stay letters ("so A is right")."""
+    if letter in "ai":
+        return _WORD_AFTER.match(text, end) is not None
+    if letter == "I" or (strict and letter == "A"):
+        return _LOWER_WORD_AFTER.match(text, end) is not None
+    return False
+
+
+def _negated(text: str, start: int, end: int) -> bool:
+    """Is the letter at ``text[start:end]`` rejected ("not A", "A is wrong")?"""
+    return bool(_NEGATED_BEFORE.search(text[max(0, start - 40): start]) or _NEGATED_AFTER.match(text, end))
 
 
 def extract_choice(text: str, n_options: int = 4, choices: Sequence[str] | None = None) -> str | None:
-    """The option letter chosen in ``text`` (upper case), or None when no letter among the first
-    ``n_options`` is clearly given. With ``choices``, a ``\\boxed{}`` holding an option's text
-    also counts. See the module docstring for the order of the rules."""
+    """The option letter chosen in ``text`` (upper case), or None when none of the first
+    ``n_options`` letters is clearly chosen (counted as *unparseable*, and wrong).
+
+    Rule of thumb: an explicit final-answer statement wins, and of several the last one
+    (models often correct themselves); without one, the last standalone letter of a conclusive
+    sentence; a negated mention ("not A", "A is wrong", "A is incorrect", "neither A nor B")
+    never counts. In order:
+
+    1. Explicit statements, the last in the text: ``\\boxed{C}`` (also ``\\boxed{\\text{(C)}}``,
+       ``\\boxed{C. 42}``); "the answer is (C)", "Answer: c", "My final answer: option D", "The
+       correct option is (B)", "Correct option: B", "a good guess is B"; "Option B is correct",
+       "C is the right answer"; "I choose B", "I'll go with (A)", "I think it's D". With
+       ``choices``, a statement or a ``\\boxed{}`` holding one option's text ("The answer is
+       4.") names that option.
+    2. The last letter of the last conclusive sentence ("..., so C", "therefore (c)").
+    3. The last line holding only a letter ("B", "(B).", "**C**").
+    4. A reply that starts with the letter ("C.", "(C)", "B) 42"), unless the reply echoes the
+       options back (two or more lines starting "A.", "B)", ...).
+    5. With ``choices``, a reply that is exactly one option's text.
+
+    Markdown emphasis and ``$``/``\\text{}`` wrappers are ignored. A lower-case "a" or "i"
+    followed by a word is prose ("the answer is a prime"); other lower-case letters count
+    where a letter is expected ("Answer: c", "(c)").
+    """
     if not text or n_options < 1:
         return None
+    n_options = min(n_options, len(LETTERS))
     letters = LETTERS[:n_options]
-    cls = f"[{letters}{letters.lower()}]"
+    rules = _rules(n_options)
     t = text.replace("**", "").replace("__", "")
-
-    def ok(letter: str) -> str:
-        return letter.upper()
-
-    # 1. the last \boxed{...}
-    for content in reversed(_boxed_contents(t)):
-        c = _unlatex(content).strip()
-        m = re.fullmatch(rf"\(?\s*(?:option\s*|choice\s*)?\(?({cls})\)?\s*(?:[.:)]\s*.*)?", c, re.I | re.S)
-        if m:
-            return ok(m.group(1))
-        if choices:
-            hits = [i for i, o in enumerate(choices[:n_options]) if _unlatex(str(o)).strip() == c]
-            if len(hits) == 1:
-                return letters[hits[0]]
     flat = _unlatex(t)
-    # 2. "the answer is (C)", "Answer: c", "final answer: option B"
-    pat = re.compile(rf"answer\s*(?:is|would be|should be|will be|=|:)?\s*[:\-]?\s*(?:option|choice)?\s*[:\-]?\s*"
-                     rf"[\(\[]?\s*({cls})\s*[\)\]]?(?![A-Za-z0-9])", re.I)
-    hits = [m for m in pat.finditer(flat) if not _article(flat, m)]
-    if hits:
-        return ok(hits[-1].group(1))
-    # 3. "option C is correct"
-    pat = re.compile(rf"(?:option|choice)\s*[\(\[]?\s*({cls})\s*[\)\]]?\s*(?:is\s+)?(?:the\s+)?(?:correct|right|true)",
-                     re.I)
-    hits = list(pat.finditer(flat))
-    if hits:
-        return ok(hits[-1].group(1))
-    # 4. a reply that starts with the letter: "C", "C.", "(C)", "C) 42", "C: ..."
-    s = flat.strip()
-    m = re.match(rf"[\(\[]\s*({cls})\s*[\)\]]|({cls})(?:\s*[.:)]|\s*$)", s)
-    if m:
-        return ok(m.group(1) or m.group(2))
-    # 5. the last line holding only a letter
-    lines = [ln for ln in re.findall(rf"^[ \t]*[\(\[]?\s*({cls})\s*[\)\]]?[.:]?[ \t]*$", flat, re.M)]
+
+    # 1. explicit statements: (position, letter); of equal positions the first appended wins
+    found: list[tuple[int, str]] = []
+    for pos, content in _boxed_contents(t):
+        c = _unlatex(content).strip()
+        m = re.fullmatch(rf"\(?\s*(?:option\s*|choice\s*)?\(?([{letters}{letters.lower()}])\)?\s*(?:[.:)]\s*.*)?",
+                         c, re.I | re.S)
+        letter = m.group(1).upper() if m else _option_by_text(c, choices, letters)
+        if letter:
+            found.append((len(_unlatex(t[:pos])), letter))
+    for pat in rules["statements"]:
+        for m in pat.finditer(flat):
+            if not (_is_word(flat, m.end(1), m.group(1)) or _negated(flat, m.start(1), m.end(1))):
+                found.append((m.start(1), m.group(1).upper()))
+    if choices:
+        for m in rules["stated_text"].finditer(flat):
+            letter = _option_by_text(m.group(1), choices, letters)
+            if letter:
+                found.append((m.start(1), letter))
+    if found:
+        return max(found, key=lambda f: f[0])[1]
+
+    # 2. the last letter of the last conclusive sentence that names one
+    for m in reversed(list(rules["conclusive"].finditer(flat))):
+        off = m.start(1)
+        hits = [b for b in rules["bare_letter"].finditer(m.group(1))
+                if not _is_word(flat, off + b.end(), b.group(1) or b.group(2), strict=True)
+                and not _negated(flat, off + b.start(), off + b.end())]
+        if hits:
+            return (hits[-1].group(1) or hits[-1].group(2)).upper()
+
+    # 3. the last line holding only a letter
+    lines = rules["letter_line"].findall(flat)
     if lines:
-        return ok(lines[-1])
-    return None
+        return lines[-1].upper()
+
+    # 4. a reply that starts with the letter (not an echo of the options list)
+    s = flat.strip()
+    m = rules["leading"].match(s)
+    if m and len(set(rules["option_line"].findall(s))) < 2:
+        return (m.group(1) or m.group(2)).upper()
+
+    # 5. the whole reply is one option's text
+    return _option_by_text(s, choices, letters) if s else None
+
+
+# --------------------------------------------------------------------------------------------
+# Likelihood scoring (scoring="loglik")
+# --------------------------------------------------------------------------------------------
+def loglik_requests(record: dict, target: str, tokenizer, system: str | None = None) -> tuple[str, list[str]]:
+    """The rendered prompt and one continuation per option that ``scoring="loglik"`` scores.
+
+    ``target="letter"``: the question with its lettered options and :data:`LOGLIK_INSTRUCTION`,
+    chat-rendered as in generation, then :data:`ANSWER_PREFIX` as the start of the reply;
+    continuations ``" A"``, ``" B"``, ... (the letter is the very next thing the model writes).
+
+    ``target="text"``: the question alone (cloze form: no options listed, so the model cannot
+    lean on copying a listed option and the option order plays no part in the scores), then
+    :data:`ANSWER_PREFIX`; continuations ``" " + option text``.
+
+    Each continuation starts with the space that separates it from the prefix, so a BPE
+    tokenizer encodes it as the model saw such text in training (``" B"``, not ``" "`` + ``"B"``
+    split across prompt and continuation).
+    """
+    if target == "letter":
+        question = format_prompt(record, LOGLIK_INSTRUCTION)
+        continuations = [f" {LETTERS[i]}" for i in range(len(record["choices"]))]
+    elif target == "text":
+        question = record["question"].strip()
+        continuations = [f" {str(c).strip()}" for c in record["choices"]]
+    else:
+        raise ValueError(f"loglik_target must be one of {LOGLIK_TARGETS}, got {target!r}")
+    from ..models import render_prompt
+
+    return render_prompt(tokenizer, question, system=system) + ANSWER_PREFIX, continuations
+
+
+def _loglik_rows(model, tokenizer, shown: list[dict], target: str, batch_size: int, system: str | None,
+                 progress: bool) -> list[dict]:
+    """Score every option of every question, ``batch_size`` (prompt, continuation) pairs per
+    forward (the options of many questions share one forward; a question may straddle two)."""
+    from ..rollout import encode_pairs
+    from ..signals import TokenPass
+
+    if tokenizer.pad_token_id is None:  # encode_pairs pads with it (padding is masked: any id would do)
+        raise ValueError("scoring='loglik' needs a tokenizer with a pad token; set tokenizer.pad_token "
+                         "(e.g. to its EOS token) before evaluating")
+    pairs = []  # (question index, option index, prompt, continuation)
+    for q, rec in enumerate(shown):
+        prompt, conts = loglik_requests(rec, target, tokenizer, system)
+        pairs += [(q, j, prompt, c) for j, c in enumerate(conts)]
+    sums: dict[tuple[int, int], float] = {}
+    counts: dict[tuple[int, int], int] = {}
+    starts = range(0, len(pairs), max(1, batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"loglik ({target})", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for a in starts:
+                chunk = pairs[a: a + max(1, batch_size)]
+                # no truncation, no EOS: exactly prompt + continuation, in the rollout layout
+                batch = encode_pairs(tokenizer, [p[2] for p in chunk], [p[3] for p in chunk], max_prompt=sys.maxsize,
+                                     max_completion=sys.maxsize, add_eos=False)
+                logp = TokenPass(batch, student=model).student_logp()  # (n, C), 0 off the continuation
+                total = logp.double().sum(-1).cpu().tolist()
+                n_tok = batch.completion_mask.sum(-1).tolist()
+                for (q, j, _, _), v, k in zip(chunk, total, n_tok):
+                    sums[q, j], counts[q, j] = v, int(k)
+    finally:
+        model.train(was_training)
+
+    rows = []
+    for q, rec in enumerate(shown):
+        n = len(rec["choices"])
+        logprobs = [sums[q, j] for j in range(n)]
+        if target == "text":  # mean log-prob per character of the continuation (see evaluate_choice)
+            scores = [lp / len(f" {str(c).strip()}") for lp, c in zip(logprobs, rec["choices"])]
+        else:
+            scores = list(logprobs)
+        best = max(range(n), key=lambda j: scores[j])  # ties: the first option
+        rows.append({"id": rec["id"], "subject": rec.get("subject"), "question": rec["question"],
+                     "choices": rec["choices"], "permutation": rec["permutation"], "gold": rec["answer"],
+                     "scoring": "loglik", "loglik_target": target, "option_logprobs": logprobs,
+                     "option_num_tokens": [counts[q, j] for j in range(n)], "option_scores": scores,
+                     "predicted": LETTERS[best], "correct": LETTERS[best] == rec["answer"]})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+def _predicted(row: dict) -> str | None:
+    """The graded letter of a row: ``predicted`` (both scorings), else ``extracted`` (older rows)."""
+    return row["predicted"] if "predicted" in row else row.get("extracted")
+
+
 def summarize_choice(rows: list[dict], wall: float | None = None) -> dict:
     """Accuracy, unparseable answers, per-subject accuracy and letter distributions."""
     n = len(rows)
     out: dict = {
         "num_questions": n,
         "accuracy": sum(r["correct"] for r in rows) / max(1, n),
-        "num_unparseable": sum(r["extracted"] is None for r in rows),
+        "num_unparseable": sum(_predicted(r) is None for r in rows),
         "chance_accuracy": sum(1 / len(r["choices"]) for r in rows) / max(1, n),
     }
     out["unparseable_share"] = out["num_unparseable"] / max(1, n)
@@ -311,11 +538,11 @@ def summarize_choice(rows: list[dict], wall: float | None = None) -> dict:
             subjects.setdefault(r["subject"], []).append(r)
     if subjects:
         out["per_subject"] = {s: {"num_questions": len(v), "accuracy": sum(x["correct"] for x in v) / len(v),
-                                  "num_unparseable": sum(x["extracted"] is None for x in v)}
+                                  "num_unparseable": sum(_predicted(x) is None for x in v)}
                               for s, v in sorted(subjects.items())}
     out["gold_letter_counts"] = {k: sum(r["gold"] == k for r in rows) for k in sorted({r["gold"] for r in rows})}
-    preds = sorted({r["extracted"] for r in rows if r["extracted"] is not None})
-    out["predicted_letter_counts"] = {k: sum(r["extracted"] == k for r in rows) for k in preds}
+    preds = sorted({_predicted(r) for r in rows if _predicted(r) is not None})
+    out["predicted_letter_counts"] = {k: sum(_predicted(r) == k for r in rows) for k in preds}
     out.update(length_stats(rows, wall))
     return out
 
@@ -323,35 +550,77 @@ def summarize_choice(rows: list[dict], wall: float | None = None) -> dict:
 def evaluate_choice(model, tokenizer, records: list[dict], *, seed: int = 0, shuffle: bool = True,
                     max_new_tokens: int = 32, batch_size: int = 32, progress: bool = False, system: str | None = None,
                     temperature: float = 0.0, top_p: float = 1.0,
-                    instruction: str | None = DEFAULT_INSTRUCTION) -> tuple[list[dict], dict]:
-    """Ask ``model`` every question (options shuffled per (seed, id) when ``shuffle``) and grade
-    the extracted letter. Greedy unless ``temperature > 0`` (TGPO's evaluation samples at 0.6).
+                    instruction: str | None = DEFAULT_INSTRUCTION, scoring: str = "generate",
+                    loglik_target: str = "letter") -> tuple[list[dict], dict]:
+    """Ask ``model`` every question (options shuffled per (seed, id) when ``shuffle``; the same
+    orders for both scorings) and grade the chosen letter.
+
+    ``scoring="generate"`` (default): the model answers in free text, greedy unless
+    ``temperature > 0`` (TGPO's evaluation samples at 0.6), and :func:`extract_choice` reads
+    the letter; a reply it cannot read is *unparseable* and wrong. ``batch_size`` prompts per
+    batch.
+
+    ``scoring="loglik"``: no generation and no parsing, as in lm-evaluation-harness: each
+    option's continuation is scored by the sum of its tokens' log-probabilities after the
+    prompt (:func:`loglik_requests`), and the option with the highest score is the answer
+    (never unparseable). ``loglik_target="letter"``: the continuation is the option's letter
+    after a prompt listing the lettered options, scored by its plain sum (the continuations
+    differ only in the letter, so their sums compare like with like). ``loglik_target="text"``: the
+    continuation is the option's text after the bare question, scored by its mean log-prob
+    *per character* (the sum divided by the continuation's length in characters, its leading
+    space included): a plain sum favours short options, since every extra token can only
+    lower it; a per-token mean depends on the tokenizer (a student and a teacher with
+    different vocabularies would be normalised differently, and options split into many easy
+    pieces, such as long numbers, would gain), while characters are the same for every model.
+    ``batch_size`` (prompt, continuation) pairs per forward; ``max_new_tokens`` and
+    ``instruction`` do not apply, and sampling settings are refused.
 
     Returns:
         rows: ``id``, ``subject``, ``question``, ``choices`` (as shown), ``permutation``,
-            ``gold`` (letter as shown), ``output``, ``extracted`` (letter or None),
-            ``correct``, ``num_tokens``, ``truncated``.
-        summary: :func:`summarize_choice` plus ``seed`` and ``shuffle``.
+            ``gold`` (letter as shown), ``predicted`` (the graded letter, or None), ``correct``;
+            generate adds ``output``, ``extracted`` (= ``predicted``), ``num_tokens``,
+            ``truncated``; loglik adds ``scoring``, ``loglik_target``, ``option_logprobs``
+            (summed log-prob per option, in shown order), ``option_num_tokens`` and
+            ``option_scores`` (what the argmax ranks: the sums, or their per-character means).
+        summary: :func:`summarize_choice` plus ``seed``, ``shuffle``, ``scoring`` and, for
+            loglik, ``loglik_target``.
     """
-    from ..models import render_prompt
-    from .math_eval import generate_batches
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if loglik_target not in LOGLIK_TARGETS:
+        raise ValueError(f"loglik_target must be one of {LOGLIK_TARGETS}, got {loglik_target!r}")
+    if scoring == "loglik" and (temperature > 0 or top_p < 1.0):
+        raise ValueError("temperature/top_p apply to scoring='generate' only; scoring='loglik' samples nothing")
 
     t0 = time.time()
     shown = [shuffle_options(r, seed) if shuffle else {**r, "permutation": list(range(len(r["choices"])))}
              for r in records]
-    rows: list[dict] = []
+    if scoring == "loglik":
+        from .api_model import APIModel
+
+        if isinstance(model, APIModel):
+            raise ValueError("scoring=loglik needs the model's log-probabilities of given text; an endpoint is "
+                             "evaluated with scoring=generate")
+        rows = _loglik_rows(model, tokenizer, shown, loglik_target, batch_size, system, progress)
+        summary = summarize_choice(rows, wall=time.time() - t0)
+        summary.update(seed=seed, shuffle=shuffle, scoring=scoring, loglik_target=loglik_target)
+        return rows, summary
+
+    from .math_eval import chat_messages, generate_batches
+
+    rows = []
     for chunk, roll, texts in generate_batches(
-            model, tokenizer, shown, lambda r: render_prompt(tokenizer, format_prompt(r, instruction), system=system),
+            model, tokenizer, shown, lambda r: chat_messages(format_prompt(r, instruction), system),
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
             progress=progress):
-        lengths = roll.completion_mask.sum(1).tolist()
+        lengths = roll.lengths.tolist()
         for j, text in enumerate(texts):
             rec = chunk[j]
             got = extract_choice(text, len(rec["choices"]), rec["choices"])
             rows.append({"id": rec["id"], "subject": rec.get("subject"), "question": rec["question"],
                          "choices": rec["choices"], "permutation": rec["permutation"], "gold": rec["answer"],
-                         "output": text, "extracted": got, "correct": got == rec["answer"],
+                         "output": text, "extracted": got, "predicted": got, "correct": got == rec["answer"],
                          "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])})
     summary = summarize_choice(rows, wall=time.time() - t0)
-    summary.update(seed=seed, shuffle=shuffle)
+    summary.update(seed=seed, shuffle=shuffle, scoring=scoring)
     return rows, summary

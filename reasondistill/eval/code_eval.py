@@ -77,17 +77,32 @@ CHAT_INSTRUCTION = ("Complete the following Python function. Answer with the com
 # --------------------------------------------------------------------------------------------
 def load_code_benchmark(path_or_name: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         limit: int | None = None) -> list[dict]:
-    """Load HumanEval (``"humaneval"``, from ``data_dir`` or ``$REASONDISTILL_DATA_DIR``, file
-    ``code/humaneval.jsonl``) or any JSONL file in the HumanEval schema.
+    """Load a code benchmark by name or any JSONL file in the HumanEval schema.
+
+    ``"humaneval"`` reads ``code/humaneval.jsonl`` of ``data_dir`` (or ``$REASONDISTILL_DATA_DIR``)
+    when it is there; otherwise, and for the names only the Hub table knows (``humaneval_plus``,
+    ``mbpp``, ``mbpp_plus``: ``data.hub.DATA``), the benchmark comes from its Hugging Face Hub
+    dataset (``data.hub.load_hub_benchmark``: EvalPlus's extra tests are in ``test``, so they run
+    through the same sandbox).
 
     Records keep every field of the row and gain ``id`` (= ``task_id``) and ``source``.
 
     Raises:
-        DataError (a ``ValueError``): unknown name, missing file, a line that is not a JSON
-            object, or a row missing a required field or with a non-string one; the message
-            names the file and the 1-based line.
+        DataError (a ``ValueError``): unknown name (listing the known ones), missing file, data
+            that cannot be had from the Hub, a line that is not a JSON object, or a row missing a
+            required field or with a non-string one; the message names the file and the 1-based line.
     """
-    path, source = resolve_named_file(path_or_name, CODE_BENCHMARKS, data_dir, kind="code benchmark")
+    from ..data import hub
+
+    name = str(path_or_name)
+    if not os.path.exists(name) and not os.path.splitext(name)[1]:  # a benchmark name, not a file
+        located = hub.locate(name, "code", CODE_BENCHMARKS, data_dir, kind="code benchmark",
+                             path_hint=", or a path to a .jsonl file")
+        if located.where != "local":
+            return hub.load_located(name, located, limit)
+        path, source = located.path, name
+    else:
+        path, source = resolve_named_file(path_or_name, CODE_BENCHMARKS, data_dir, kind="code benchmark")
     records: list[dict] = []
     for where, _, row in iter_json_objects(path, limit):
         require_fields(row, REQUIRED_FIELDS, where, nonempty_str=True)
@@ -284,26 +299,26 @@ def evaluate_code(model, tokenizer, records: list[dict], *, samples: int = 1, te
         summary: :func:`summarize_code` (``pass@1``, ``pass@k``, ``num_timeouts``,
             ``num_errors``, ``wall_seconds``, ...).
     """
-    from ..models import render_prompt
-    from .math_eval import generate_batches
+    from .math_eval import chat_messages, generate_batches
 
     kw = _sandbox_kwargs(timeout, memory_mb, sandbox)
     t0 = time.time()
     pending: list[tuple[dict, int, str, dict, object]] = []
 
-    def make_prompt(r: dict) -> str:
-        return render_prompt(tokenizer, CHAT_INSTRUCTION.format(prompt=r["prompt"]), system=system) if chat \
-            else r["prompt"]
+    def make_prompt(r: dict):
+        return chat_messages(CHAT_INSTRUCTION.format(prompt=r["prompt"]), system) if chat else r["prompt"]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for chunk, roll, texts in generate_batches(
                 model, tokenizer, records, make_prompt, samples=samples, temperature=temperature, top_p=top_p,
                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
                 desc="generate"):
-            lengths = roll.completion_mask.sum(1).tolist()
+            lengths = roll.lengths.tolist()
             for j, text in enumerate(texts):
                 rec = chunk[roll.group_index[j].item()]
                 extra = {"num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
+                if getattr(roll, "errors", None) and roll.errors[j]:
+                    extra["api_error"] = roll.errors[j]
                 fut = pool.submit(run_program, build_program(rec, text), **kw)
                 pending.append((rec, j % samples, text, extra, fut))
         rows = [_row(rec, s, text, fut.result(), extra) for rec, s, text, extra, fut in pending]

@@ -65,16 +65,32 @@ PAPER_SAMPLING = {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 512}
 def load_instruct_benchmark(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                             limit: int | None = None, *, instruction_field: str = "instruction",
                             reference_field: str = "output", id_field: str = "id") -> list[dict]:
-    """Load ``alpaca_eval`` (from ``data_dir`` or ``$REASONDISTILL_DATA_DIR``) or a JSONL file
-    whose rows hold ``instruction_field`` and ``reference_field`` (non-empty strings).
+    """Load ``alpaca_eval`` or a JSONL file whose rows hold ``instruction_field`` and
+    ``reference_field`` (non-empty strings).
+
+    ``alpaca_eval`` reads ``instruct/alpaca_eval.jsonl`` of ``data_dir`` (or
+    ``$REASONDISTILL_DATA_DIR``) when it is there, else its Hugging Face Hub dataset
+    (``data.hub.load_hub_benchmark``; the field arguments apply to files only).
 
     Records: ``id`` (``id_field`` when present, else ``"<file stem>-<line>"``), ``instruction``,
     ``reference``, ``source``, plus ``dataset`` and ``generator`` when the row has them.
 
     Raises:
-        DataError (a ``ValueError``) naming the file and the 1-based line.
+        DataError (a ``ValueError``) naming the file and the 1-based line, an unknown name (listing
+        the known ones), or data that cannot be had from the Hub.
     """
-    path, source = resolve_named_file(name_or_path, INSTRUCT_BENCHMARKS, data_dir, kind="instruction benchmark")
+    from ..data import hub
+
+    name = str(name_or_path)
+    if not os.path.exists(name) and not os.path.splitext(name)[1]:  # a benchmark name, not a file
+        located = hub.locate(name, "instruct", INSTRUCT_BENCHMARKS, data_dir, kind="instruction benchmark",
+                             path_hint=", or a path to a .jsonl file")
+        if located.where != "local":
+            return hub.load_located(name, located, limit)
+        path, source = located.path, name
+    else:
+        path, source = resolve_named_file(name_or_path, INSTRUCT_BENCHMARKS, data_dir,
+                                          kind="instruction benchmark")
     records: list[dict] = []
     for where, line_no, row in iter_json_objects(path, limit):
         require_fields(row, (instruction_field, reference_field), where, nonempty_str=True)
@@ -118,15 +134,14 @@ def generate_answers(model, tokenizer, records: list[dict], *, temperature: floa
     """One answer per record (greedy when ``temperature == 0``): rows with ``id``,
     ``instruction``, ``reference``, ``output``, ``num_tokens``, ``truncated`` (and the record's
     ``dataset`` / ``generator``)."""
-    from ..models import render_prompt
-    from .math_eval import generate_batches
+    from .math_eval import chat_messages, generate_batches
 
     rows: list[dict] = []
     for chunk, roll, texts in generate_batches(
-            model, tokenizer, records, lambda r: render_prompt(tokenizer, r["instruction"], system=system),
+            model, tokenizer, records, lambda r: chat_messages(r["instruction"], system),
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
             progress=progress, desc="answer"):
-        lengths = roll.completion_mask.sum(1).tolist()
+        lengths = roll.lengths.tolist()
         for j, text in enumerate(texts):
             rec = chunk[j]
             row = {"id": rec["id"], "instruction": rec["instruction"], "reference": rec["reference"],

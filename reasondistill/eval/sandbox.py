@@ -717,8 +717,12 @@ def _install_guard(root: str) -> None:
                  "execlp", "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
                  "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "setsid", "setpgid",
                  "setpgrp", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid",
-                 "setresgid", "chroot", "pidfd_open", "register_at_fork"):
+                 "setresgid", "chroot", "pidfd_open"):
         set_both(name, deny(f"os.{name}"))
+
+    def no_fork_hooks(*args, **kwargs):  # fork itself is denied, so a hook could never run: accept it
+        return None
+    set_both("register_at_fork", no_fork_hooks)  # `import logging` (numpy.testing, concurrent.futures) calls it
 
     def one_path(name: str, orig):
         def checked(path, *args, dir_fd=None, **kwargs):

@@ -28,6 +28,10 @@ PRESETS: dict[str, dict] = {
         task="math", temperature=0.6, samples={"aime24": 32, "aime25": 32, "amc23": 32}, shuffle=True,
         doc="teacher_guided_policy_optimization.md §4: temperature 0.6, avg@32 on AIME24/AIME25/AMC23, pass@1 "
             "(one sample) elsewhere; multiple-choice options shuffled out of distribution"),
+    "tgpo-choice": dict(
+        task="choice", temperature=0.6, shuffle=True,
+        doc="teacher_guided_policy_optimization.md §4, out of distribution (ARC-c, GPQA-Diamond, MMLU-Pro): "
+            "temperature 0.6, options shuffled"),
     "vcrd": dict(
         task="math", system=QWEN25_MATH_COT_SYSTEM, temperature=0.0, samples=1,
         doc="validity_calibrated_distillation.md §10.3: qwen25-math-cot prompt, greedy, one sample"),

@@ -29,16 +29,25 @@ CHOICE_BENCHMARKS = {"mmlu": "mmlu"}
 
 def load_choice_records(source: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         limit: int | None = None) -> list[dict]:
-    """A multiple-choice file, a folder of them, or ``mmlu`` (the data directory's ``mmlu/``).
+    """A multiple-choice file, a folder of them, or a benchmark name: ``mmlu`` (the data
+    directory's ``mmlu/`` when it is there), or any choice benchmark of the Hub table
+    (``data.hub.DATA``: mmlu, mmlu_pro, arc_challenge, gpqa_diamond, sat_math), read from its
+    Hugging Face Hub dataset when the data directory does not hold it.
 
     ``limit`` caps the total, spread over the files round-robin (file 1's first question,
-    file 2's first, ..., then the second of each), so a small limit still covers every subject.
+    file 2's first, ..., then the second of each), so a small limit still covers every subject
+    (from the Hub: over the subjects, the same way).
     """
+    from ..data import hub
     from .choice_eval import load_choice_file
 
     name = str(source)
-    if name in CHOICE_BENCHMARKS and not os.path.exists(name):
-        path = resolve_data_dir(data_dir) / CHOICE_BENCHMARKS[name]
+    if not os.path.exists(name) and not os.path.splitext(name)[1] and "/" not in name and os.sep not in name:
+        located = hub.locate(name, "choice", CHOICE_BENCHMARKS, data_dir, kind="multiple-choice benchmark",
+                             path_hint=", or a .csv/.jsonl file or a folder of them")
+        if located.where != "local":
+            return hub.load_located(name, located, limit)
+        path = located.path
     else:
         path = Path(source).expanduser()
     if path.is_dir():
@@ -49,7 +58,7 @@ def load_choice_records(source: str | os.PathLike, data_dir: str | os.PathLike |
         files = [path]
     else:
         raise DataError(f"multiple-choice data {path} not found (a .csv/.jsonl file, a folder of them, "
-                        f"or one of: {', '.join(CHOICE_BENCHMARKS)})")
+                        f"or one of: {', '.join(sorted(set(CHOICE_BENCHMARKS) | set(hub.hub_names('choice'))))})")
     per_file = None if limit is None else -(-limit // len(files))
     lists = [load_choice_file(f, limit=per_file) for f in files]
     out = [recs[k] for k in range(max(map(len, lists))) for recs in lists if k < len(recs)]
@@ -76,7 +85,8 @@ def run_task(task: str, model, tokenizer, records: list[dict], *, benchmark: str
              template: str | None = None, samples: int = 1, temperature: float | None = None,
              top_p: float | None = None, max_new_tokens: int = 512, batch_size: int = 16, workers: int = 2,
              timeout: float = 10.0, seed: int = 0, shuffle: bool = True, chat: bool = False,
-             system: str | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+             system: str | None = None, progress: bool = False, scoring: str = "generate",
+             loglik_target: str = "letter") -> tuple[list[dict], dict]:
     """Evaluate ``model`` on ``records`` for ``task``; the summary gains ``task`` and ``benchmark``.
 
     ``judge`` (instruct only) is a judge of ``eval/pairwise.py`` (see
@@ -106,7 +116,8 @@ def run_task(task: str, model, tokenizer, records: list[dict], *, benchmark: str
 
         rows, summary = evaluate_choice(model, tokenizer, records, seed=seed, shuffle=shuffle,
                                         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                                        system=system, temperature=temperature or 0.0, top_p=top_p or 1.0)
+                                        system=system, temperature=temperature or 0.0, top_p=top_p or 1.0,
+                                        scoring=scoring, loglik_target=loglik_target)
     else:
         raise ValueError(f"unknown task {task!r} here; valid: code, choice, instruct (math has eval/math_eval.py)")
     summary = {"task": task, "benchmark": benchmark, **summary}
