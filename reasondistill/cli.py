@@ -265,6 +265,11 @@ def _cmd_task(args) -> int:
 
     if args.action != "build":
         raise SystemExit(f"unknown task action {args.action!r}; valid: build")
+    if args.scenario:
+        from .pipelines.build_task import build_scenario
+
+        build_scenario(args.scenario, args.out)
+        return 0
     build_assets(args.out, teacher_steps=args.teacher_steps, student_steps=args.student_steps)
     return 0
 
@@ -377,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default=None, help="default: the package's assets/arith")
     k.add_argument("--teacher-steps", type=int, default=700)
     k.add_argument("--student-steps", type=int, default=190)
+    k.add_argument("--scenario", default=None, choices=["flawed", "cross"],
+                   help="instead: fine-tune the shipped teacher into a scenario teacher (embedded:teacher-flawed, "
+                        "embedded:teacher-cross) where imitating the teacher is not solving the task")
     k.set_defaults(func=_cmd_task)
     return p
 

@@ -145,3 +145,66 @@ def test_validity_score_is_never_zero_and_follows_the_answer():
     assert min(arith.validity_score(Q, "", t) for t in ("+", "=", "}", "\\boxed{9}")) >= arith.VALIDITY_FLOOR
     with pytest.raises(ValueError, match="not an embedded-task question"):
         arith.question_answer("How many apples?")
+
+
+def _flawed(terms, ops):
+    return arith.worked_solution(terms, ops, "sign_loss")
+
+
+@pytest.mark.parametrize("terms,ops,want", [
+    ([1, 5, 2, 9], ["-", "+", "-"], "1-5=4\n4+2=6\n6-9=3\n\\boxed{3}"),   # -4 and -3 lose their sign
+    ([1, 2, 0, 0], ["-", "-", "+"], "1-2=-1\n-1-0=-1\n-1+0=-1\n\\boxed{-1}"),  # -1 is above -3: kept
+    ([4, 2, 3, 1], ["+", "+", "-"], "4+2=6\n6+3=9\n9-1=8\n\\boxed{8}"),  # no subtraction below -3: correct
+])
+def test_sign_loss_table(terms, ops, want):
+    assert _flawed(terms, ops) == want
+    right = arith.evaluate_chain(terms, ops)
+    assert (want.endswith(f"{{{right}}}")) == (want == arith.worked_solution(terms, ops, "running"))
+
+
+def _scenario_card(folder):
+    path = arith.ASSETS_DIR / folder / "scenario_card.json"
+    if not path.exists():
+        pytest.fail(f"{folder} is not shipped: build it with `reasondistill task build --scenario ...`")
+    return json.loads(path.read_text())
+
+
+def test_the_flawed_teacher_is_right_only_where_its_flaw_does_not_fire():
+    """embedded:teacher-flawed: 60-75% true accuracy, and it follows its sign-loss flaw."""
+    from reasondistill.pipelines.build_task import flaw_consistency, held_out_accuracy
+
+    card = _scenario_card("teacher-flawed")
+    acc = held_out_accuracy(arith.ASSETS_DIR / "teacher-flawed", n=200, seed=99)
+    assert 0.60 <= acc <= 0.75 and abs(acc - card["accuracy@400"]) < 0.06
+    assert flaw_consistency(arith.ASSETS_DIR / "teacher-flawed", n=200, seed=99) >= 0.9
+
+
+def test_the_cross_family_teacher_shares_ids_but_not_template_or_eos():
+    """embedded:teacher-cross: strong (>= 95%), grouped sums, another prompt format and stop token;
+    refused by the strict check, accepted by shared_ids, and far from the student by reverse KL."""
+    import torch
+
+    from reasondistill.eval.math_eval import evaluate
+    from reasondistill.models import TokenizerMismatchError, assert_compatible, load_model, load_tokenizer
+    from reasondistill.pipelines.build_task import held_out_accuracy
+
+    card = _scenario_card("teacher-cross")
+    cross = arith.ASSETS_DIR / "teacher-cross"
+    assert held_out_accuracy(cross, n=200, seed=99) >= 0.95 and card["accuracy@400"] >= 0.95
+    s_tok, t_tok = load_tokenizer(arith.ASSETS_DIR / "student"), load_tokenizer(cross)
+    with pytest.raises(TokenizerMismatchError):
+        assert_compatible(s_tok, t_tok)
+    report = assert_compatible(s_tok, t_tok, mode="shared_ids")
+    assert report.teacher_stop_ids != report.student_stop_ids
+    rows, _ = evaluate(load_model(cross), t_tok, arith.generate("test", 5, seed=3), max_new_tokens=64)
+    assert all("+" in r["output"].splitlines()[0] or "-" in r["output"].splitlines()[0] for r in rows)
+    # the student's own answers scored by each teacher: the cross-family one is much further away
+    student = load_model(arith.ASSETS_DIR / "student")
+    test = arith.generate("test", 40, seed=4)
+    kl = {}
+    for name in ("teacher", "teacher-cross"):
+        with torch.no_grad():
+            _, s = evaluate(student, s_tok, test, max_new_tokens=48, teacher=load_model(arith.ASSETS_DIR / name),
+                            shared_vocab=report.shared_vocab)
+        kl[name] = s["kl_mean"]
+    assert kl["teacher-cross"] > 2 * kl["teacher"], kl

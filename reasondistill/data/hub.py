@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .benchmarks import DATA_DIR_ENV, DataError, _convert_answer, _join_question, iter_json_objects, resolve_data_dir
+from .records import DATA_DIR_ENV, DataError, _convert_answer, _join_question, iter_json_objects, resolve_data_dir
 
 __all__ = [
     "DATA",

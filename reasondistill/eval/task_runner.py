@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..data.benchmarks import DataError, resolve_data_dir
+from ..data.benchmarks import DataError
 
 __all__ = ["CHOICE_BENCHMARKS", "TASKS", "load_choice_records", "load_task_records", "run_task"]
 

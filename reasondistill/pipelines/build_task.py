@@ -85,3 +85,71 @@ def build_assets(out_dir: str | Path = arith.ASSETS_DIR, teacher_steps: int = 70
     arith.write_task_card(out / "task_card.json", arith.TaskSpec(), "running", card)
     print(json.dumps(card, indent=2))
     return card
+
+
+# --------------------------------------------------------------------------------------
+# scenarios where the teacher is not the answer (`reasondistill task build --scenario NAME`)
+# --------------------------------------------------------------------------------------
+CROSS_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+                  "{% elif m['role'] == 'user' %}### Problem\n{{ m['content'] }}\n"
+                  "{% else %}### Solution\n{{ m['content'] }}<|endoftext|>\n{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}### Solution\n{% endif %}")
+"""The cross-family teacher's prompt format: another chat template and another stop token
+(``<|endoftext|>``) over the same token ids, like a Qwen3 teacher beside a Qwen2.5-Math student."""
+
+SCENARIOS = {
+    "flawed": dict(folder="teacher-flawed", style="sign_loss", steps=150, lr=5e-4,
+                   doc="the shipped teacher fine-tuned on sign-loss solutions: right except where a "
+                       "subtraction's result is -3 or below (its sign is dropped and the chain goes on)"),
+    "cross": dict(folder="teacher-cross", style="grouped", steps=900, lr=1e-3,
+                  doc="the shipped teacher fine-tuned to write grouped sums under another prompt format "
+                      "and stop token, sharing token ids with the student"),
+}
+
+
+def flaw_consistency(path: Path, n: int = 400, seed: int = 0) -> float:
+    """Share of held-out problems whose greedy answer is the sign-loss chain's answer."""
+    from ..eval.math_eval import evaluate
+    from ..models import load_model, load_tokenizer
+    from ..rewards import extract_answer
+
+    test = arith.generate("test", n, seed=seed)
+    model, tok = load_model(str(path)), load_tokenizer(str(path))
+    rows, _ = evaluate(model, tok, test, max_new_tokens=64, batch_size=100)
+    flawed = [arith.worked_solution(r["terms"], r["ops"], "sign_loss").rsplit("{", 1)[1].rstrip("}") for r in test]
+    return sum(extract_answer(row["output"]) == f for row, f in zip(rows, flawed)) / n
+
+
+def build_scenario(name: str, out_dir: str | Path = arith.ASSETS_DIR, progress: bool = True) -> dict:
+    """Fine-tune the shipped teacher into a scenario teacher (``SCENARIOS``), write it to
+    ``out_dir/<folder>`` with a ``scenario_card.json`` of its measured accuracy."""
+    from ..models import load_model, load_tokenizer
+
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
+    sc, out = SCENARIOS[name], Path(out_dir)
+    base = arith.ASSETS_DIR / "teacher"
+    work = Path(tempfile.mkdtemp(prefix=f"arith-{name}-"))
+    try:
+        init = base
+        if name == "cross":  # the same weights and ids, another template and stop token
+            tok = load_tokenizer(str(base))
+            tok.eos_token, tok.chat_template = "<|endoftext|>", CROSS_TEMPLATE
+            model = load_model(str(base))
+            model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+            init = work / "init"
+            model.save_pretrained(init, safe_serialization=True)
+            tok.save_pretrained(str(init))
+        t0 = time.time()
+        train_model("teacher", out / sc["folder"], sc["steps"], sc["lr"], 64, style=sc["style"], seed=2,
+                    progress=progress, init_from=str(init))
+        card = {"scenario": name, "doc": sc["doc"], "steps": sc["steps"], "lr": sc["lr"], "style": sc["style"],
+                "train_seconds": round(time.time() - t0, 1), "accuracy@400": held_out_accuracy(out / sc["folder"]),
+                "command": f"reasondistill task build --scenario {name}"}
+        if name == "flawed":
+            card["flaw_consistency@400"] = flaw_consistency(out / sc["folder"])
+        (out / sc["folder"] / "scenario_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print(json.dumps(card, indent=2))
+        return card
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

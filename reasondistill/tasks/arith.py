@@ -40,6 +40,11 @@ from pathlib import Path
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "arith"
 SYSTEM_PROMPT = None  # the embedded task uses no system prompt
 STYLES = ("running", "grouped")
+FLAWED_STYLES = ("sign_loss",)
+"""Worked solutions with one systematic, rule-describable error (the flawed teacher's scenario):
+``sign_loss`` writes running totals, but a subtraction whose result is -3 or below loses its
+minus sign, and the chain goes on from the wrong value. Not a valid style: its answers are wrong
+exactly where the rule fires."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,12 @@ def evaluate_chain(terms: list[int], ops: list[str]) -> int:
 def worked_solution(terms: list[int], ops: list[str], style: str = "running") -> str:
     """A worked solution ending in ``\\boxed{answer}``; one line per step."""
     lines: list[str] = []
-    if style == "running":
+    if style in ("running", "sign_loss"):
         acc = terms[0]
         for o, t in zip(ops, terms[1:]):
             new = acc + t if o == "+" else acc - t
+            if style == "sign_loss" and o == "-" and new <= -3:
+                new = -new  # the flaw: the minus sign is lost, and the chain goes on from there
             lines.append(f"{acc}{o}{t}={new}")
             acc = new
     elif style == "grouped":
@@ -97,7 +104,7 @@ def worked_solution(terms: list[int], ops: list[str], style: str = "running") ->
             lines.append(f"{p}-{n}={p - n}")
         acc = p - n
     else:
-        raise ValueError(f"unknown solution style {style!r}; valid: {', '.join(STYLES)}")
+        raise ValueError(f"unknown solution style {style!r}; valid: {', '.join(STYLES + FLAWED_STYLES)}")
     lines.append(f"\\boxed{{{acc}}}")
     return "\n".join(lines)
 
@@ -273,7 +280,7 @@ class DatasetSpec:
     size: int = 20000
     """Number of distinct training problems drawn."""
     style: str = "running"
-    """Solution style of the training completions (one of STYLES)."""
+    """Solution style of the training completions (one of STYLES, or a FLAWED_STYLES scenario)."""
     min_terms: int = 4
     max_terms: int = 4
     max_operand: int = 9
@@ -297,8 +304,8 @@ class DatasetSpec:
             except ValueError:
                 raise ValueError(f"dataset={text!r}: {key}={val!r} is not a valid {valid[key].__name__}") from None
         spec = cls(**values)
-        if spec.style not in STYLES:
-            raise ValueError(f"dataset={text!r}: style must be one of {STYLES}, got {spec.style!r}")
+        if spec.style not in STYLES + FLAWED_STYLES:
+            raise ValueError(f"dataset={text!r}: style must be one of {STYLES + FLAWED_STYLES}, got {spec.style!r}")
         if spec.size < 1:
             raise ValueError(f"dataset={text!r}: size must be >= 1")
         TaskSpec(min_terms=spec.min_terms, max_terms=spec.max_terms, max_operand=spec.max_operand)  # checks
