@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .records import (DATA_DIR_ENV, DataError, _convert_answer, _join_question,  # noqa: F401
-                      iter_json_objects, require_fields, resolve_data_dir)
+                      iter_json_objects, require_fields, resolve_data_dir, resolve_named_file)
 
 __all__ = [
     "DataError",
@@ -173,22 +173,6 @@ def load_jsonl(
                 rec[key] = row[f]
         records.append(rec)
     return records
-
-
-def resolve_named_file(name_or_path, names: Mapping[str, str], data_dir=None, kind: str = "benchmark") -> tuple[Path, str]:
-    """``(path, source)`` of a benchmark given by name (a key of ``names``, the file under the data
-    directory) or by path to a ``.jsonl`` file (source = its stem); ``DataError`` otherwise."""
-    name = str(name_or_path)
-    if name in names and not os.path.exists(name):
-        path, source = resolve_data_dir(data_dir) / names[name], name
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.suffix and not path.exists():
-            raise DataError(f"unknown {kind} {name!r}; valid names: {', '.join(names)}, or a path to a .jsonl file")
-        source = path.stem
-    if not path.is_file():
-        raise DataError(f"{kind} file {path} not found")
-    return path, source
 
 
 def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[dict]:

@@ -68,7 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .records import DATA_DIR_ENV, DataError, _convert_answer, _join_question, iter_json_objects, resolve_data_dir
+from .records import (DATA_DIR_ENV, DataError, _convert_answer, _join_question, answer_index,
+                      iter_json_objects, resolve_data_dir, resolve_named_file)
 
 __all__ = [
     "DATA",
@@ -286,6 +287,21 @@ def locate(name: str, task: str, local_names: Mapping[str, str], data_dir: str |
     if spec is None:
         raise DataError(f"{kind} {name!r}: file {path} not found")
     return Located("hub", reason=f"{rel} is not in the data directory {folder}", data_dir_given=given)
+
+
+def local_file_or_records(name_or_path, task: str, local_names: Mapping[str, str], data_dir=None, *,
+                          kind: str, limit: int | None = None):
+    """For a loader that reads one JSONL file: ``(path, source, None)`` for a local file (a path,
+    or a name found in the data directory), ``(None, name, records)`` for a name read from the
+    Hub (or its mirror)."""
+    name = str(name_or_path)
+    if not os.path.exists(name) and not os.path.splitext(name)[1]:  # a benchmark name, not a file
+        located = locate(name, task, local_names, data_dir, kind=kind, path_hint=", or a path to a .jsonl file")
+        if located.where != "local":
+            return None, name, load_located(name, located, limit)
+        return located.path, name, None
+    path, source = resolve_named_file(name_or_path, local_names, data_dir, kind=kind)
+    return path, source, None
 
 
 def load_located(name: str, located: Located, limit: int | None = None) -> list[dict]:
@@ -683,27 +699,7 @@ def _strip_labels(choices: list[str]) -> list[str]:
 
 
 def _choice_index(value: Any, choices: list[str], labels: list[str] | None, where: str) -> int:
-    n = len(choices)
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, bool):
-        raise DataError(f"{where}: answer {value!r} is neither a letter nor an option index")
-    if isinstance(value, int):
-        if 0 <= value < n:
-            return value
-        raise DataError(f"{where}: answer index {value} out of range for {n} options (0-based)")
-    if isinstance(value, str):
-        v = value.strip()
-        if labels and v in labels:
-            return labels.index(v)
-        m = re.fullmatch(r"\(?\s*([A-Za-z])\s*\)?\.?", v)
-        if m and LETTERS.index(m.group(1).upper()) < n:
-            return LETTERS.index(m.group(1).upper())
-        hits = [j for j, c in enumerate(choices) if c.strip() == v]
-        if len(hits) == 1:
-            return hits[0]
-    raise DataError(f"{where}: answer {value!r} is not one of the letters {LETTERS[:n]} "
-                    f"(nor an option's label, index or text)")
+    return answer_index(value, choices, where, labels)
 
 
 def _choice_record(name: str, spec: HubSpec, row: Mapping[str, Any], i: int, where: str) -> dict:

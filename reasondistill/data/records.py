@@ -7,7 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..rewards import extract_boxed
 
@@ -121,3 +121,50 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if not d.is_dir():
         raise DataError(f"benchmark data directory {d} does not exist or is not a directory")
     return d
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def answer_index(value: Any, choices: list[str], where: str, labels: list[str] | None = None) -> int:
+    """The 0-based index of a multiple-choice answer given as an index, a letter (``B``, ``(b)``,
+    ``[B].``), one of the record's own ``labels`` (ARC's ``1``..``4``), or the text of exactly one
+    option; a one-element list is unwrapped. ``DataError`` naming ``where`` otherwise."""
+    n = len(choices)
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool):
+        raise DataError(f"{where}: answer {value!r} is neither a letter nor an option index")
+    if isinstance(value, int):
+        if 0 <= value < n:
+            return value
+        raise DataError(f"{where}: answer index {value} out of range for {n} options (0-based)")
+    if isinstance(value, str):
+        v = value.strip()
+        if labels and v in labels:
+            return labels.index(v)
+        m = re.fullmatch(r"[\(\[]?\s*([A-Za-z])\s*[\)\]]?\s*\.?", v)
+        if m and LETTERS.index(m.group(1).upper()) < n:
+            return LETTERS.index(m.group(1).upper())
+        hits = [j for j, c in enumerate(choices) if c.strip() == v]
+        if len(hits) == 1:
+            return hits[0]
+        raise DataError(f"{where}: answer {value!r} is not one of the letters {LETTERS[:n]} "
+                        f"(nor an option's label or the text of exactly one option)")
+    raise DataError(f"{where}: answer {value!r} is neither a letter nor an option index")
+
+
+def resolve_named_file(name_or_path, names: Mapping[str, str], data_dir=None, kind: str = "benchmark") -> tuple[Path, str]:
+    """``(path, source)`` of a benchmark given by name (a key of ``names``, the file under the data
+    directory) or by path to a ``.jsonl`` file (source = its stem); ``DataError`` otherwise."""
+    name = str(name_or_path)
+    if name in names and not os.path.exists(name):
+        path, source = resolve_data_dir(data_dir) / names[name], name
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.suffix and not path.exists():
+            raise DataError(f"unknown {kind} {name!r}; valid names: {', '.join(names)}, or a path to a .jsonl file")
+        source = path.stem
+    if not path.is_file():
+        raise DataError(f"{kind} file {path} not found")
+    return path, source

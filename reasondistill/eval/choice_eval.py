@@ -90,32 +90,10 @@ def _subject_from_stem(stem: str) -> str:
     return stem
 
 
-def _letter_index(value: str, n: int) -> int | None:
-    m = re.fullmatch(r"\s*[\(\[]?\s*([A-Za-z])\s*[\)\]]?\s*\.?\s*", value)
-    if m:
-        i = LETTERS.index(m.group(1).upper())
-        return i if i < n else None
-    return None
-
-
 def _answer_index(value, choices: list[str], where: str) -> int:
-    n = len(choices)
-    if isinstance(value, bool):
-        raise DataError(f"{where}: answer {value!r} is neither a letter nor an option index")
-    if isinstance(value, int):
-        if 0 <= value < n:
-            return value
-        raise DataError(f"{where}: answer index {value} out of range for {n} options (0-based)")
-    if isinstance(value, str):
-        i = _letter_index(value, n)
-        if i is not None:
-            return i
-        hits = [j for j, c in enumerate(choices) if c.strip() == value.strip()]
-        if len(hits) == 1:
-            return hits[0]
-        raise DataError(f"{where}: answer {value!r} is not one of the letters {LETTERS[:n]} "
-                        f"(nor the text of exactly one option)")
-    raise DataError(f"{where}: answer {value!r} is neither a letter nor an option index")
+    from ..data.records import answer_index
+
+    return answer_index(value, choices, where)
 
 
 def _record(question, choices, answer, rid, subject, source, where) -> dict:

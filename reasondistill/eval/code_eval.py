@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from ..data.benchmarks import DataError, iter_json_objects, require_fields, resolve_named_file
+from ..data.benchmarks import DataError, iter_json_objects, require_fields
 from .math_eval import length_stats
 from .sandbox import run_program
 
@@ -94,15 +94,10 @@ def load_code_benchmark(path_or_name: str | os.PathLike, data_dir: str | os.Path
     """
     from ..data import hub
 
-    name = str(path_or_name)
-    if not os.path.exists(name) and not os.path.splitext(name)[1]:  # a benchmark name, not a file
-        located = hub.locate(name, "code", CODE_BENCHMARKS, data_dir, kind="code benchmark",
-                             path_hint=", or a path to a .jsonl file")
-        if located.where != "local":
-            return hub.load_located(name, located, limit)
-        path, source = located.path, name
-    else:
-        path, source = resolve_named_file(path_or_name, CODE_BENCHMARKS, data_dir, kind="code benchmark")
+    path, source, from_hub = hub.local_file_or_records(path_or_name, "code", CODE_BENCHMARKS, data_dir,
+                                                       kind="code benchmark", limit=limit)
+    if from_hub is not None:
+        return from_hub
     records: list[dict] = []
     for where, _, row in iter_json_objects(path, limit):
         require_fields(row, REQUIRED_FIELDS, where, nonempty_str=True)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..data.benchmarks import iter_json_objects, require_fields, resolve_named_file
+from ..data.benchmarks import iter_json_objects, require_fields
 from .math_eval import length_stats
 from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
 
@@ -81,16 +81,10 @@ def load_instruct_benchmark(name_or_path: str | os.PathLike, data_dir: str | os.
     """
     from ..data import hub
 
-    name = str(name_or_path)
-    if not os.path.exists(name) and not os.path.splitext(name)[1]:  # a benchmark name, not a file
-        located = hub.locate(name, "instruct", INSTRUCT_BENCHMARKS, data_dir, kind="instruction benchmark",
-                             path_hint=", or a path to a .jsonl file")
-        if located.where != "local":
-            return hub.load_located(name, located, limit)
-        path, source = located.path, name
-    else:
-        path, source = resolve_named_file(name_or_path, INSTRUCT_BENCHMARKS, data_dir,
-                                          kind="instruction benchmark")
+    path, source, from_hub = hub.local_file_or_records(name_or_path, "instruct", INSTRUCT_BENCHMARKS, data_dir,
+                                                       kind="instruction benchmark", limit=limit)
+    if from_hub is not None:
+        return from_hub
     records: list[dict] = []
     for where, line_no, row in iter_json_objects(path, limit):
         require_fields(row, (instruction_field, reference_field), where, nonempty_str=True)
