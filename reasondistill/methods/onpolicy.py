@@ -254,14 +254,14 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
             total = total + extra
             metrics |= extra_metrics
     with torch.no_grad():
-        task = micro.extras["task_reward"]
+        task, n_tok = micro.extras["task_reward"], fm.sum().item()
         metrics |= {"reward/task_mean": task.mean().item(),
                     "reward/task_std": task.std().item() if task.numel() > 1 else 0.0,
                     "bootstrap": float(bootstrap),
                     "completions/mean_length": fm.sum(1).mean().item(),
                     "completions/truncated_share": batch.truncated.float().mean().item(),
                     # shares of the step's counted tokens, exact under accumulation and several processes
-                    **{f"pg/{k}": (v * fm.sum().item(), fm.sum().item()) for k, v in stats.items()}}
+                    **{f"pg/{k}": (v * n_tok, n_tok) for k, v in stats.items()}}
         if rewards is not None:
             metrics["reward/token_sum_mean"] = losses.masked_sum(rewards, fm, -1).mean().item()
         if "step_kl" in det:
