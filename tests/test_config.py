@@ -59,3 +59,11 @@ def test_shared_fields_are_checked_and_yaml_no_stays_a_word(tmp_path):
         build_config(TrainConfig, overrides=["mixed_precision=fp16"])
     with pytest.raises(ConfigError, match="max_steps must be >= 1"):
         build_config(TrainConfig, overrides=["max_steps=0"])
+
+
+def test_shipped_configs_parse():
+    """The shipped GRPO config builds with the values its comment promises."""
+    from pathlib import Path
+
+    cfg = build_config(get_method("grpo").Config, Path(__file__).resolve().parents[1] / "configs" / "grpo_embedded.yaml")
+    assert cfg.num_generations == 8 and cfg.per_device_train_batch_size == 32 and cfg.learning_rate == 1e-4
