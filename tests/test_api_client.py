@@ -244,7 +244,7 @@ def test_map_chat_keeps_order_and_returns_failures_in_place(scripted):
             return step(400, json.dumps({"error": {"message": f"refused {text}"}}))
         if text.startswith("boom"):
             return step(500, "down")
-        return step(body=ok_body(f"echo {text}"), delay=0.05)
+        return step(body=ok_body(f"echo {text}"), delay=0.2)  # long enough that 3 workers overlap even on a busy machine
 
     srv = scripted(respond=respond)
     c = client_for(srv.url, max_retries=1)
