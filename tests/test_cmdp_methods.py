@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from reasondistill import engine
-from reasondistill import losses as L
 from reasondistill.config import build_config
 from reasondistill.methods import get_method
 from reasondistill.methods.base import Micro

@@ -698,10 +698,6 @@ def _strip_labels(choices: list[str]) -> list[str]:
     return choices
 
 
-def _choice_index(value: Any, choices: list[str], labels: list[str] | None, where: str) -> int:
-    return answer_index(value, choices, where, labels)
-
-
 def _choice_record(name: str, spec: HubSpec, row: Mapping[str, Any], i: int, where: str) -> dict:
     f = _fields(spec, row, where)
     rid = _rid(f.get("id"), name, i)
@@ -727,7 +723,7 @@ def _choice_record(name: str, spec: HubSpec, row: Mapping[str, Any], i: int, whe
         if not isinstance(raw, (list, tuple)):
             raise DataError(f"{where}: the options must be a list, got {type(raw).__name__}")
         choices = _strip_labels([str(c) for c in raw])
-        index = _choice_index(f["answer"], choices, labels, where)
+        index = answer_index(f["answer"], choices, where, labels)
     question = f["question"]
     if spec.shape == "agieval" and isinstance(question, str):
         # AGIEval's query: "Q: <question> Answer Choices: (A)... \nA: Among A through D, the answer is"

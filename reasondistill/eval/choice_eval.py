@@ -50,6 +50,7 @@ from typing import Sequence
 import torch
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
+from ..data.records import answer_index
 from .math_eval import length_stats
 
 __all__ = [
@@ -90,12 +91,6 @@ def _subject_from_stem(stem: str) -> str:
     return stem
 
 
-def _answer_index(value, choices: list[str], where: str) -> int:
-    from ..data.records import answer_index
-
-    return answer_index(value, choices, where)
-
-
 def _record(question, choices, answer, rid, subject, source, where) -> dict:
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: empty or non-string question")
@@ -104,7 +99,7 @@ def _record(question, choices, answer, rid, subject, source, where) -> dict:
     if len(choices) > len(LETTERS):
         raise DataError(f"{where}: at most {len(LETTERS)} options are supported, got {len(choices)}")
     choices = [str(c) for c in choices]
-    idx = _answer_index(answer, choices, where)
+    idx = answer_index(answer, choices, where)
     return {"id": rid, "question": question, "choices": choices, "answer": LETTERS[idx], "answer_index": idx,
             "subject": subject, "source": source}
 
