@@ -31,7 +31,7 @@ import torch
 
 from . import checkpoints as ck
 from .config import ConfigError, TrainConfig, to_yaml
-from .methods.base import as_method
+from .methods.base import Max, as_method
 
 
 class NonFiniteLossError(RuntimeError):
@@ -304,6 +304,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             totals = {"tokens": max(1.0, tok), "rows": max(1.0, rows)}
             agg: dict[str, float] = {}  # mean over micro-batches (and processes) of plain values
             shares: dict[str, list[float]] = {}  # (numerator, denominator) values: summed, then divided
+            maxes: dict[str, float] = {}  # methods.base.Max values: the maximum
             loss_sum = 0.0
             for i, micro in enumerate(micros):
                 with contextlib.nullcontext() if i == len(micros) - 1 else acc.no_sync(ctx.model):
@@ -320,6 +321,8 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
                 for k, v in metrics.items():
                     if isinstance(v, tuple):
                         shares[k] = [a + float(b) for a, b in zip(shares.get(k, [0.0, 0.0]), v)]
+                    elif isinstance(v, Max):
+                        maxes[k] = max(maxes.get(k, -math.inf), float(v))
                     else:
                         agg[k] = agg.get(k, 0.0) + float(v) / len(micros)
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
@@ -339,6 +342,7 @@ def train(method, cfg: TrainConfig, accelerator=None, records: list[dict] | None
             agg = dict(zip(agg, _reduce(acc, list(agg.values()), "mean")))
             summed = _reduce(acc, [x for num_den in shares.values() for x in num_den], "sum")
             agg |= {k: summed[2 * i] / max(summed[2 * i + 1], 1e-12) for i, k in enumerate(shares)}
+            agg |= dict(zip(maxes, _reduce(acc, list(maxes.values()), "max")))
             metrics = {"loss": loss_sum, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                        "time/step_s": time.time() - t_step, "time/prepare_s": t_prep,
                        "time/elapsed_s": time.time() - t0, **agg}

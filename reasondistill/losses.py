@@ -63,6 +63,7 @@ __all__ = [
     "policy_gradient_loss",
     "loss_normalizer",
     "aggregate_loss",
+    "kl_estimate",
     "linear_anneal",
     "validity_ratio",
     "prob_proxy_validity_weights",
@@ -70,7 +71,7 @@ __all__ = [
     "chunked_sampled_token_logprobs",
 ]
 
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "group_tokens")
 DIVERGENCE_KINDS = ("reverse_kl", "forward_kl", "generalized_jsd", "skew_kl", "skew_reverse_kl")
 
 
@@ -545,6 +546,7 @@ def policy_gradient_loss(
     beta: float = 0.0,
     normalizer: float | torch.Tensor | None = None,
     max_completion_length: int | None = None,
+    group_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (PPO/GRPO) with optional k3 KL to a reference; returns (loss, stats).
 
@@ -562,9 +564,12 @@ def policy_gradient_loss(
     ``grpo``      sum over rows of (row's token-mean) / B       global number of rows
     ``dapo``      sum over all counted tokens / counted tokens  global number of counted tokens
     ``dr_grpo``   sum over all counted tokens / (B * L)         global rows * L
+    ``group_``    sum over groups of (group's token sum /       global number of groups
+    ``tokens``    group's counted tokens) / groups
     ============  ============================================  ===============================
 
-    with L = ``max_completion_length`` (required for ``dr_grpo``). ``normalizer`` replaces the
+    with L = ``max_completion_length`` (required for ``dr_grpo``) and ``group_size`` rows per
+    group (required for ``group_tokens``, the TGPO paper's eq. 4). ``normalizer`` replaces the
     whole denominator. Empty masks give loss 0 (not NaN); a row without counted tokens adds 0.
 
     ``stats`` holds detached floats over this call's counted tokens: ``clip_ratio_low``
@@ -577,6 +582,8 @@ def policy_gradient_loss(
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if loss_type == "dr_grpo" and max_completion_length is None:
         raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+    if loss_type == "group_tokens" and not group_size:
+        raise ValueError("loss_type='group_tokens' needs group_size")
     m = mask.to(logprobs.dtype)  # (B, T)
     adv = advantages.to(logprobs.dtype)
     if adv.dim() == 1:
@@ -587,14 +594,13 @@ def policy_gradient_loss(
     per_token = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
     kl = None
     if ref_logprobs is not None:
-        d = torch.where(m != 0, ref_logprobs.detach() - logprobs, 0.0)  # (B, T)
-        kl = d.exp() - d - 1.0  # (B, T) k3 estimator of KL(pi || ref), >= 0
+        kl = torch.where(m != 0, kl_estimate(logprobs, ref_logprobs, "k3"), 0.0)  # (B, T) >= 0
         if beta > 0:
             per_token = per_token + beta * kl
 
     if normalizer is None:  # this call alone is the whole batch
-        normalizer = loss_normalizer(loss_type, m.sum(), logprobs.shape[0], max_completion_length)
-    loss = aggregate_loss(per_token, m, loss_type, normalizer)
+        normalizer = loss_normalizer(loss_type, m.sum(), logprobs.shape[0], max_completion_length, group_size)
+    loss = aggregate_loss(per_token, m, loss_type, normalizer, group_size)
 
     with torch.no_grad():
         low = ((ratio < 1.0 - epsilon_low) & (adv < 0)).to(m.dtype)  # (B, T)
@@ -612,29 +618,61 @@ def policy_gradient_loss(
     return loss, stats
 
 
-def loss_normalizer(loss_type: str, tokens, rows, max_completion_length: int | None = None):
+def loss_normalizer(loss_type: str, tokens, rows, max_completion_length: int | None = None,
+                    group_size: int | None = None):
     """The denominator of ``loss_type`` (TRL's semantics), from the step's global counts:
-    ``dapo`` counted tokens, ``grpo`` rows, ``dr_grpo`` rows x max_completion_length. The one
-    place this mapping lives."""
+    ``dapo`` counted tokens, ``grpo`` rows, ``dr_grpo`` rows x max_completion_length,
+    ``group_tokens`` the number of groups (rows / group_size). The one place this mapping lives."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if loss_type == "dapo":
         return tokens
     if loss_type == "grpo":
         return rows
+    if loss_type == "group_tokens":
+        if not group_size:
+            raise ValueError("loss_type='group_tokens' needs group_size")
+        return rows / group_size
     if max_completion_length is None:
         raise ValueError("loss_type='dr_grpo' needs max_completion_length")
     return rows * max_completion_length
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, normalizer) -> torch.Tensor:
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, normalizer,
+                   group_size: int | None = None) -> torch.Tensor:
     """Sum ``per_token`` ``[B, T]`` over counted tokens as ``loss_type`` does, divided by
     ``normalizer`` (``loss_normalizer`` of the global counts): ``grpo`` sums each row's token
-    mean, ``dapo`` / ``dr_grpo`` sum every counted token. Micro-batch results add up to the
-    full-batch value."""
+    mean, ``dapo`` / ``dr_grpo`` sum every counted token, ``group_tokens`` sums each group's
+    token mean (the group's summed tokens over its counted tokens, Z = sum_i |y_i| of the TGPO
+    paper's eq. 4; rows are consecutive groups of ``group_size``, which never straddle a
+    micro-batch). Micro-batch results add up to the full-batch value."""
     m = mask.to(per_token.dtype)
-    num = masked_mean(per_token, m, dim=-1).sum() if loss_type == "grpo" else masked_sum(per_token, m)
+    if loss_type == "grpo":
+        num = masked_mean(per_token, m, dim=-1).sum()
+    elif loss_type == "group_tokens":
+        B = per_token.shape[0]
+        if not group_size or B % group_size:
+            raise ValueError(f"loss_type='group_tokens': {B} rows do not split into groups of {group_size}")
+        g_sum = masked_sum(per_token, m, -1).reshape(B // group_size, group_size).sum(-1)  # (G,)
+        g_tok = m.sum(-1).reshape(B // group_size, group_size).sum(-1)  # (G,)
+        num = _safe_div(g_sum, g_tok).sum()
+    else:
+        num = masked_sum(per_token, m)
     return _safe_div(num, normalizer)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from the sampled tokens' log-probs (Schulman's k1,
+    k2, k3), with ``d = ref_logprobs - logprobs``: ``k1 = -d``, ``k2 = d**2 / 2``,
+    ``k3 = exp(d) - d - 1`` (>= 0, unbiased). The gradient flows through ``logprobs`` only."""
+    d = ref_logprobs.detach() - logprobs
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d * d
+    if estimator == "k3":
+        return d.exp() - d - 1.0
+    raise ValueError(f"estimator must be k1, k2 or k3, got {estimator!r}")
 
 
 # ----------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import importlib
 
 from .base import Method, Micro, as_method  # noqa: F401
 
-METHODS = ("sft", "kd", "gkd", "grpo", "cmdp", "gkd_rl", "gkd_grpo", "minillm")
+METHODS = ("sft", "kd", "gkd", "grpo", "cmdp", "gkd_rl", "gkd_grpo", "minillm", "tgpo", "tgpo_r", "op_distill",
+           "kdrl", "grpo_pp")
 
 
 def get_method(name: str) -> Method:

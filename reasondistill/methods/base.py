@@ -20,7 +20,8 @@ What a method module defines
 ``loss(ctx, micro, totals) -> (loss, metrics)``
     The micro-batch's differentiable loss and a dict of metrics: a float is averaged over the
     step's micro-batches and processes; a ``(numerator, denominator)`` pair is summed over them
-    and divided, for an exact share (``pg/clip_ratio``: clipped tokens / counted tokens). ``totals`` holds the
+    and divided, for an exact share (``pg/clip_ratio``: clipped tokens / counted tokens); a
+    :class:`Max` is reduced by its maximum (``completions/max_length``). ``totals`` holds the
     *global* ``tokens`` and ``rows`` summed over every micro-batch of the step and every
     process: divide sums by them (not by this micro-batch's counts) and the gradient does not
     depend on how the step is split (FIELD_NOTES: "gradient accumulation changes the loss").
@@ -69,6 +70,10 @@ from types import ModuleType
 from typing import Any, Callable
 
 from ..config import TrainConfig
+
+
+class Max(float):
+    """A metric value that the engine reduces by its maximum over micro-batches and processes."""
 
 
 @dataclass

@@ -50,7 +50,7 @@ from .. import losses
 from ..config import ConfigError, TrainConfig
 from ..rewards import accuracy_reward, format_reward
 from ..rollout import generate
-from .base import Micro
+from .base import Max, Micro
 
 
 @dataclass
@@ -70,7 +70,9 @@ class OnPolicyConfig(TrainConfig):
     top_p: float = 1.0
     """Nucleus sampling for the rollouts."""
     loss_type: str = "dapo"
-    """Aggregation of the surrogate (and the extra term): grpo, dapo or dr_grpo (TRL's names)."""
+    """Aggregation of the surrogate (and the extra term): grpo, dapo or dr_grpo (TRL's names), or
+    group_tokens (each group's token sum over its counted tokens, then the mean over groups: eq. 4
+    of the TGPO paper)."""
     epsilon: float = 0.2
     """Clip range of the importance ratio (lower; also upper unless epsilon_high is set)."""
     epsilon_high: float | None = None
@@ -85,7 +87,8 @@ class OnPolicyConfig(TrainConfig):
     advantage: str = "sequence"
     """``sequence`` (default): each row's summed reward -> group advantages; ``process``: per-token
     rewards normalised over the group's counted tokens, advantage = reward-to-go (see cmdp.py for
-    the measurement behind the default)."""
+    the measurement behind the default); ``token``: each token's reward is its advantage, no
+    group normalisation and no reward-to-go (op_distill: the per-token log-ratio)."""
     gamma: float = 1.0
     """Discount of the reward-to-go (paper: 1)."""
     teacher_prob_floor: float = 1e-6
@@ -102,7 +105,7 @@ class OnPolicyConfig(TrainConfig):
     reward whose policy gradient misses the direct term (measured: the KL *rose*)."""
 
     def validate(self):
-        choices = {"loss_type": losses.LOSS_TYPES, "advantage": ("process", "sequence"),
+        choices = {"loss_type": losses.LOSS_TYPES, "advantage": ("process", "sequence", "token"),
                    "kl_reward": ("sampled", "full"), "scale_rewards": ("group", "batch", "none")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -196,17 +199,20 @@ def kl_reward(cfg, out: dict, mask: torch.Tensor) -> torch.Tensor:
 
 
 def normalizer(cfg, totals: dict):
-    return losses.loss_normalizer(cfg.loss_type, totals["tokens"], totals["rows"], cfg.max_completion_length)
+    return losses.loss_normalizer(cfg.loss_type, totals["tokens"], totals["rows"], cfg.max_completion_length,
+                                  cfg.num_generations)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, cfg, totals: dict) -> torch.Tensor:
     """Sum ``per_token`` (N, C) over counted tokens, normalised exactly like the surrogate of
     ``loss_type`` with the step's global totals (so accumulation does not change it)."""
-    return losses.aggregate_loss(per_token, mask, cfg.loss_type, normalizer(cfg, totals))
+    return losses.aggregate_loss(per_token, mask, cfg.loss_type, normalizer(cfg, totals), cfg.num_generations)
 
 
 def advantages(cfg, rewards: torch.Tensor, mask: torch.Tensor, reward_std=None) -> torch.Tensor:
-    """(N, C) per-token rewards -> (N, C) process advantages or (N,) sequence advantages."""
+    """(N, C) per-token rewards -> (N, C) process or token advantages, or (N,) sequence advantages."""
+    if cfg.advantage == "token":
+        return torch.where(mask.bool(), rewards, 0.0)
     if cfg.advantage == "process":
         return losses.process_advantages(rewards, mask, cfg.num_generations, gamma=cfg.gamma)
     row = losses.masked_sum(rewards, mask, -1)  # (N,) the row's summed reward
@@ -215,11 +221,14 @@ def advantages(cfg, rewards: torch.Tensor, mask: torch.Tensor, reward_std=None) 
     return losses.group_advantages(row, cfg.num_generations, scale=cfg.scale_rewards)
 
 
-def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, advantage_fn=None):
+def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, advantage_fn=None,
+            extra_signals=None):
     """The shared loss: ``token_rewards(ctx, micro, out, mask) -> (rewards (N, C), metrics)``
     with ``out`` = {logp, and with a teacher step_kl, teacher_logp} detached; ``extra_loss(ctx,
     micro, out, mask, totals) -> (loss, metrics)`` differentiable (``out`` with grad);
-    ``advantage_fn(cfg, rewards, mask)`` replaces ``advantages`` (minillm)."""
+    ``advantage_fn(cfg, rewards, mask)`` replaces ``advantages`` (minillm); ``extra_signals(pass)
+    -> dict`` adds (N, C) quantities of the same ``signals.TokenPass`` to ``out`` (TGPO's
+    log-prob of the teacher's argmax)."""
     cfg = ctx.cfg
     batch = micro.batch.to(ctx.device)
     mask = batch.completion_mask
@@ -228,6 +237,8 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
     out["logp"] = p.student_logp()  # (N, C) with grad
     if ctx.teacher is not None:
         out["step_kl"] = p.divergence("reverse_kl")  # (N, C) with grad
+    if extra_signals is not None:
+        out |= extra_signals(p)
     det = {k: v.detach() for k, v in out.items()}
     fm = mask.float()
     bootstrap = ctx.step < cfg.bootstrap_steps
@@ -248,7 +259,7 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
             out["logp"], micro.extras["old_logp"], micro.extras["advantages"], mask, loss_type=cfg.loss_type,
             epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
             ref_logprobs=ref_logp, beta=cfg.beta, normalizer=normalizer(cfg, totals),
-            max_completion_length=cfg.max_completion_length)
+            max_completion_length=cfg.max_completion_length, group_size=cfg.num_generations)
         if extra_loss is not None:
             extra, extra_metrics = extra_loss(ctx, micro, out, mask, totals)
             total = total + extra
@@ -259,6 +270,8 @@ def rl_loss(ctx, micro: Micro, totals: dict, token_rewards, extra_loss=None, adv
                     "reward/task_std": task.std().item() if task.numel() > 1 else 0.0,
                     "bootstrap": float(bootstrap),
                     "completions/mean_length": fm.sum(1).mean().item(),
+                    "completions/max_length": Max(fm.sum(1).max().item()),
+                    "policy/entropy": (losses.masked_sum(p.student_entropy(), fm).item(), n_tok),
                     "completions/truncated_share": batch.truncated.float().mean().item(),
                     # shares of the step's counted tokens, exact under accumulation and several processes
                     **{f"pg/{k}": (v * n_tok, n_tok) for k, v in stats.items()}}
