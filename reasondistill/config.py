@@ -42,6 +42,10 @@ class TrainConfig:
     """``bf16``: forward passes under bfloat16 autocast, parameters and AdamW state float32; ``no``."""
     device: str = "auto"
     """``auto`` (accelerate's choice), ``cpu`` or ``cuda``."""
+    student_config_overrides: str | None = None
+    """Comma-separated ``key=value`` set on the student's model config before its weights load,
+    e.g. ``rope_theta=40000,max_position_embeddings=16384`` (the TGPO paper's B.1 change to
+    Qwen2.5-Math); a key the config lacks is refused."""
     teacher_device: str | None = None
     """Put the teacher on another device (e.g. ``cuda:1``); default: the student's device."""
     tokenizer_compat: str = "strict"
@@ -51,7 +55,9 @@ class TrainConfig:
     one prompt template renders the prompt for both): e.g. a Qwen3 teacher, a Qwen2.5 student."""
     prompt_template: str | None = None
     """How a question becomes the prompt both models see: ``none`` (the student tokenizer's chat
-    template) or a raw template string with ``{question}`` (e.g. ``models.TGPO_PROMPT_TEMPLATE``)."""
+    template), a shipped template's name (``tgpo``: the TGPO paper's Appendix B.2 prompt with its
+    ``Assistant: <think>`` prefill), the path of a ``.txt`` template file, or a raw template
+    string with ``{question}``."""
     loss_chunk_size: int = 0
     """>0: losses and signals from final hidden states this many tokens at a time, so the
     [B, T, V] float32 logits of both models never exist at once (real vocabularies). 0: plain logits."""
@@ -202,6 +208,8 @@ def _parse_value(cls: type, name: str, raw, where: str):
     hints = typing.get_type_hints(cls)
     tp = hints[name]
     if not isinstance(raw, str):
+        if typing.get_origin(tp) in (list, tuple) and isinstance(raw, (list, tuple)):  # a YAML list
+            return [str(x) for x in raw]
         base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
         if base is str and isinstance(raw, bool):  # YAML 1.1 reads `no`/`yes` as booleans
             return "yes" if raw else "no"
@@ -273,7 +281,8 @@ def build_config(cls: type, yaml_path: str | Path | None = None, overrides: list
             k, v = item.split("=", 1)
             put(k.strip().replace("-", "_"), v, "command line")
     cfg = cls(**values)
-    _validate_common(cfg)
+    if isinstance(cfg, TrainConfig):  # other configs built here (eval/base.py's EvalConfig) check their own
+        _validate_common(cfg)
     if hasattr(cfg, "validate"):  # a method's own checks (methods/base.py); plain classes may have none
         try:
             cfg.validate()
@@ -291,8 +300,19 @@ def _validate_common(cfg) -> None:
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:
             raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(cfg, name)!r}")
+    from .models import parse_config_overrides, resolve_prompt_template
+
+    try:  # a shipped template's name or a .txt file becomes its text, so config.yaml records what was used
+        cfg.prompt_template = resolve_prompt_template(cfg.prompt_template)
+    except FileNotFoundError as e:
+        raise ConfigError(f"prompt_template: {e}") from None
     if cfg.prompt_template is not None and cfg.prompt_template != "chat" and "{question}" not in cfg.prompt_template:
-        raise ConfigError(f"prompt_template must contain {{question}} (or be none), got {cfg.prompt_template!r}")
+        raise ConfigError(f"prompt_template must be none, chat, a shipped template's name (tgpo), a .txt file or "
+                          f"a raw template containing {{question}}, got {cfg.prompt_template!r}")
+    try:
+        parse_config_overrides(cfg.student_config_overrides)
+    except ValueError as e:
+        raise ConfigError(f"student_config_overrides: {e}") from None
     if cfg.load_in_4bit and not cfg.use_peft:
         raise ConfigError("load_in_4bit=true (QLoRA) trains a LoRA adapter: set use_peft=true too")
     if cfg.merge_adapter and not cfg.use_peft:

@@ -145,7 +145,8 @@ def _versions(acc) -> dict:
 def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
     from accelerate import Accelerator
 
-    from .models import apply_lora, assert_compatible, load_model, load_tokenizer, render_prompt, resolve_model
+    from .models import (apply_lora, assert_compatible, load_model, load_tokenizer, parse_config_overrides,
+                         render_prompt, resolve_model)
     from .signals import StudentModule
 
     method = as_method(method)
@@ -156,7 +157,8 @@ def build_context(method, cfg: TrainConfig, accelerator=None) -> Context:
     ck.seed_everything(cfg.seed + accelerator.process_index)
     student_path = resolve_model(cfg.student)
     tokenizer = load_tokenizer(student_path)
-    model = load_model(student_path, dtype=cfg.dtype, device="cpu", quantization="nf4" if cfg.load_in_4bit else None)
+    model = load_model(student_path, dtype=cfg.dtype, device="cpu", quantization="nf4" if cfg.load_in_4bit else None,
+                       config_overrides=parse_config_overrides(cfg.student_config_overrides))
     if cfg.use_peft:
         targets = cfg.lora_target_modules
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

@@ -50,6 +50,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -226,11 +227,59 @@ def _as_dtype(dtype):
     return dtype
 
 
-def _load_full(src: str, dtype, device, trust_remote_code: bool, quantization: str | None, context: str = ""):
-    """``AutoModelForCausalLM.from_pretrained`` of a full model folder or hub name."""
-    from transformers import AutoModelForCausalLM
+def parse_config_overrides(text: str | None) -> dict:
+    """``"rope_theta=40000,max_position_embeddings=16384"`` -> ``{"rope_theta": 40000, ...}``:
+    comma-separated ``key=value``, values read as int, float, true/false or else string."""
+    out: dict = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"config override {item.strip()!r} is not key=value (in {text!r})")
+        raw = raw.strip()
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
+
+
+def apply_config_overrides(config, overrides: dict, where: str = "model config"):
+    """Set each override on a transformers ``PretrainedConfig`` (in place) and return it.
+    ``rope_theta`` goes into ``rope_parameters`` where the config keeps it there (transformers 5);
+    a key the config does not have is refused, naming the keys it has that look alike."""
+    import difflib
+
+    for key, value in overrides.items():
+        rope = getattr(config, "rope_parameters", None)
+        if key == "rope_theta" and isinstance(rope, dict) and not hasattr(config, "rope_theta"):
+            config.rope_parameters = {**rope, "rope_theta": float(value)}
+        elif hasattr(config, key):
+            setattr(config, key, value)
+        else:
+            known = list(config.to_dict()) + (["rope_theta"] if isinstance(rope, dict) else [])
+            near = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(f"{where} ({type(config).__name__}) has no field {key!r}{hint}")
+    return config
+
+
+def _load_full(src: str, dtype, device, trust_remote_code: bool, quantization: str | None, context: str = "",
+               config_overrides: dict | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` of a full model folder or hub name, its config
+    changed by ``config_overrides`` first (e.g. the TGPO paper's raised RoPE base and context)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = {}
+    if config_overrides:
+        with _explain_hub_failure(src, context):
+            config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+        kwargs["config"] = apply_config_overrides(config, config_overrides, f"the config of {src}")
     if quantization is not None:
         kwargs["quantization_config"] = _bnb_config(quantization)
         dev = torch.device(device)
@@ -244,7 +293,7 @@ def _load_full(src: str, dtype, device, trust_remote_code: bool, quantization: s
 
 def load_model(path_or_name, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                trust_remote_code: bool = False, *, quantization: str | None = None, merge_adapter: bool = True,
-               base_model=None):
+               base_model=None, config_overrides: dict | None = None):
     """Load a causal LM with ``AutoModelForCausalLM``, or a saved LoRA adapter on its base.
 
     ``dtype`` is one of "float32", "bfloat16", "float16", "auto" (the checkpoint's own) or a
@@ -266,11 +315,14 @@ def load_model(path_or_name, dtype: str | torch.dtype = "float32", device: str |
     ``merge_adapter=False`` returns the ``PeftModel`` instead, its adapter trainable. Merging
     into 4-bit weights re-quantizes them, so a merged QLoRA model is close to, not equal to,
     the adapter on its base.
+
+    ``config_overrides`` (:func:`parse_config_overrides`) change the model config before the
+    weights load (for an adapter folder: its base's config).
     """
     src = _resolve_source(path_or_name)
     dtype = _as_dtype(dtype)
     if not is_adapter_folder(src):
-        return _load_full(src, dtype, device, trust_remote_code, quantization)
+        return _load_full(src, dtype, device, trust_remote_code, quantization, config_overrides=config_overrides)
 
     from peft import PeftModel
 
@@ -279,7 +331,7 @@ def load_model(path_or_name, dtype: str | torch.dtype = "float32", device: str |
         base = load_model(base_src, dtype, device, trust_remote_code, quantization=quantization)
     else:
         base = _load_full(base_src, dtype, device, trust_remote_code, quantization,
-                          context=f" (the base model of LoRA adapter folder {src!r})")
+                          context=f" (the base model of LoRA adapter folder {src!r})", config_overrides=config_overrides)
     model = PeftModel.from_pretrained(base, src, is_trainable=not merge_adapter)
     if not merge_adapter:
         return model
@@ -498,22 +550,29 @@ def load_trainable_state_dict(model, state: dict[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------------------
 # Chat rendering: one template, one place
 # --------------------------------------------------------------------------------------
-TGPO_PROMPT_TEMPLATE = (
-    "Your task is to follow a systematic, thorough reasoning process before providing the final solution. "
-    "This involves analyzing, summarizing, exploring, reassessing, and refining your thought process through "
-    "multiple iterations. Structure your response into two sections: Thought and Solution. In the Thought "
-    "section, present your reasoning using the format: “<think>\\n thoughts </think>\\n”. Each thought "
-    "should include detailed analysis, brainstorming, verification, and refinement of ideas. After "
-    "“</think>\\n” in the Solution section, provide the final, logical, and accurate answer, clearly "
-    "derived from the exploration in the Thought section. If applicable, include the answer in `\\boxed{}` for "
-    "closed-form results like multiple choices or mathematical solutions.\n"
-    "\n"
-    "User: {question}\n"
-    "\n"
-    "Assistant: <think>"
-)
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def resolve_prompt_template(value: str | None) -> str | None:
+    """A ``prompt_template`` setting -> the template text: None / ``chat`` stay as they are
+    (the chat template); a shipped template's name (``tgpo``: ``templates/tgpo_prompt.txt``) or
+    the path of a ``.txt`` file -> its text (one trailing newline dropped); anything else is
+    already a raw template."""
+    if value is None or value == "chat":
+        return value
+    named = TEMPLATES_DIR / f"{value}_prompt.txt"
+    if "{question}" not in value and (named.is_file() or value.endswith(".txt")):
+        path = named if named.is_file() else Path(value).expanduser()
+        if not path.is_file():
+            shipped = sorted(p.name.removesuffix("_prompt.txt") for p in TEMPLATES_DIR.glob("*_prompt.txt"))
+            raise FileNotFoundError(f"prompt template file {value!r} not found (shipped templates: {', '.join(shipped)})")
+        return path.read_text(encoding="utf-8").removesuffix("\n")
+    return value
+
+
+TGPO_PROMPT_TEMPLATE = resolve_prompt_template("tgpo")
 """The TGPO paper's prompt (teacher_guided_policy_optimization.md, Appendix B.2), a raw
-template for :func:`render_prompt`: the text as printed there (curly quotes, the literal
+template for :func:`render_prompt`, read from ``templates/tgpo_prompt.txt`` (``prompt_template=tgpo``): the text as printed there (curly quotes, the literal
 ``\\n`` inside them, the backquoted ``\\boxed{}``, blank lines between paragraphs), with the
 paper's ``{QUESTION}`` written ``{question}``. It ends with ``Assistant: <think>``, so the
 model's answer starts inside its reasoning. Plain text, no special tokens: it renders to the

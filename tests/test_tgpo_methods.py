@@ -301,3 +301,95 @@ def test_tgpo_resume_continues_the_schedule(tiny_models, tmp_path):
     assert [r["tgpo/guidance_weight"] for r in b] == [r["tgpo/guidance_weight"] for r in a]
     assert [r["tgpo/guidance_weight"] for r in a] == pytest.approx([0.5, 0.4, 0.3, 0.2])
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# the paper's prompt (Appendix B.2) and model config overrides (Appendix B.1)
+# --------------------------------------------------------------------------------------
+def test_prompt_template_by_name_or_file(tmp_path):
+    from reasondistill.models import TGPO_PROMPT_TEMPLATE
+
+    cfg = build_config(tgpo.Config, overrides=dict(prompt_template="tgpo"))
+    assert cfg.prompt_template == TGPO_PROMPT_TEMPLATE
+    assert TGPO_PROMPT_TEMPLATE.startswith("Your task is to follow a systematic, thorough reasoning process")
+    assert TGPO_PROMPT_TEMPLATE.endswith("\n\nUser: {question}\n\nAssistant: <think>")
+    f = tmp_path / "mine.txt"
+    f.write_text("Q: {question}\nA:\n")
+    assert build_config(tgpo.Config, overrides=dict(prompt_template=str(f))).prompt_template == "Q: {question}\nA:"
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(tgpo.Config, overrides=dict(prompt_template=str(tmp_path / "missing.txt")))
+    with pytest.raises(ConfigError, match="question"):
+        build_config(tgpo.Config, overrides=dict(prompt_template="no placeholder"))
+
+
+def test_student_config_overrides_reach_the_loaded_student(tiny_models, tmp_path):
+    from reasondistill.engine import build_context
+    from reasondistill.methods.base import as_method
+
+    cfg = build_config(tgpo.Config, overrides=dict(
+        student=str(tiny_models / "student"), teacher=str(tiny_models / "teacher"), output_dir=str(tmp_path),
+        report_to="none", device="cpu", student_config_overrides="rope_theta=40000,max_position_embeddings=1024"))
+    ctx = build_context(as_method(tgpo), cfg)
+    c = ctx.model.lm.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    assert (rope.get("rope_theta", getattr(c, "rope_theta", None)), c.max_position_embeddings) == (40000.0, 1024)
+    t = ctx.teacher.config  # the teacher keeps its own
+    assert (t.rope_parameters or {}).get("rope_theta", getattr(t, "rope_theta", None)) != 40000.0
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config(tgpo.Config, overrides=dict(student_config_overrides="rope_theta"))
+    bad = build_config(tgpo.Config, overrides=dict(student=str(tiny_models / "student"), device="cpu",
+                                                   student_config_overrides="rope_thetta=1", report_to="none",
+                                                   output_dir=str(tmp_path / "b")))
+    with pytest.raises(ValueError, match="did you mean"):
+        build_context(as_method(tgpo), bad)
+
+
+# --------------------------------------------------------------------------------------
+# LUFFY: the mixed group and its off-policy term
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio", ["teacher", "one"])
+def test_luffy_loss_matches_the_mixed_policy_reference(tokenizer, acc, student, teacher, examples, ratio, tmp_path):
+    import copy
+
+    luffy = get_method("luffy")
+    model = copy.deepcopy(student)
+    ctx = make_ctx("luffy", tokenizer, acc, model, teacher, advantage="sequence", traces=str(tmp_path / "t.jsonl"),
+                   off_policy_ratio=ratio, teacher_prob_floor=0.0)
+    rewards = [0.0, 1.0, 1.0, 1.0]  # rows 1 and 3 are the groups' teacher traces
+    micro = make_micro(tokenizer, examples, rewards)
+    micro.extras["off_policy"] = torch.tensor([False, True, False, True])
+    loss, metrics = luffy.loss(ctx, micro, {"tokens": float(micro.num_tokens), "rows": 4.0})
+    loss.backward()
+    s64, parts = _ref_parts(student, teacher, rows_of(micro.batch))
+    adv = group_adv(rewards)
+    per_row = []
+    for i, (a, (lp, _, _, lt)) in enumerate(zip(adv, parts)):
+        if i % 2:  # off-policy: f(x) = x / (x + 0.1), x = pi / pi_phi, no clipping
+            x = torch.exp(lp - (lt if ratio == "teacher" else 0.0))
+            per_row.append(-(x / (x + 0.1)) * a)
+        else:
+            per_row.append(-a * torch.exp(lp - lp.detach()))
+    ref = group_tokens_ref(per_row)
+    ref.backward()
+    close(loss, ref, rel=1e-5, abs_=1e-7)
+    grads_close(model, s64)
+    num, den = metrics["luffy/student_reward"]
+    assert (num, den) == (1.0, 2.0)
+
+
+def test_luffy_groups_hold_the_teacher_trace_last(tiny_models, tmp_path):
+    from reasondistill.tasks import arith
+
+    recs = arith.generate("train", 6, seed=0)
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"], "solution": r["solution"]})
+                              + "\n" for r in recs))
+    result = _train("luffy", tiny_models, tmp_path / "run", traces=str(traces), dataset=str(traces),
+                    num_generations=3, max_completion_length=64)
+    assert result["steps"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["luffy/teacher_reward"] == 1.0 for r in rows)  # the embedded task's own worked solutions
+    with pytest.raises(ConfigError, match="teacher-traces"):
+        build_config(get_method("luffy").Config, overrides={})
+    with pytest.raises(ConfigError, match="no teacher trace"):
+        _train("luffy", tiny_models, tmp_path / "run2", traces=str(traces), dataset="arith:size=50")
