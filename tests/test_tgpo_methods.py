@@ -393,3 +393,15 @@ def test_luffy_groups_hold_the_teacher_trace_last(tiny_models, tmp_path):
         build_config(get_method("luffy").Config, overrides={})
     with pytest.raises(ConfigError, match="no teacher trace"):
         _train("luffy", tiny_models, tmp_path / "run2", traces=str(traces), dataset="arith:size=50")
+
+
+def test_paper_config_loads():
+    from pathlib import Path
+
+    from reasondistill.models import TGPO_PROMPT_TEMPLATE, parse_config_overrides
+
+    cfg = build_config(tgpo.Config, Path(__file__).parent.parent / "configs" / "tgpo_qwen25_math.yaml")
+    assert (cfg.w_init, cfg.decay, cfg.num_generations, cfg.learning_rate, cfg.max_steps) == (2e-3, 1e-5, 8, 1e-6, 300)
+    assert cfg.prompt_template == TGPO_PROMPT_TEMPLATE and cfg.tokenizer_compat == "shared_ids"
+    assert parse_config_overrides(cfg.student_config_overrides) == {"rope_theta": 40000,
+                                                                   "max_position_embeddings": 16384}
