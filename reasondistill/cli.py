@@ -2,17 +2,26 @@
 
     reasondistill demo [--output-dir DIR]
     reasondistill train METHOD [--config FILE.yaml] [key=value ...]     (--list-keys shows every key)
-    reasondistill eval --model PATH (--benchmark NAME | --data FILE --question-field F --answer-field G)
-                       [--limit N] [--samples K] [--teacher PATH --kl-budget D]
-    reasondistill eval --task code --model PATH (--benchmark humaneval | --data FILE.jsonl)
-                       [--samples K --temperature T] [--workers N] [--timeout S]
-    reasondistill eval --task choice --model PATH (--benchmark mmlu | --data FILE_OR_FOLDER) [--seed S]
-    reasondistill eval --task instruct --model PATH (--benchmark alpaca_eval | --data FILE.jsonl)
+    reasondistill eval math --model PATH (--benchmark NAME | --data FILE --question-field F --answer-field G)
+                       [--limit N | --first N] [--samples K] [--preset NAME] [--teacher PATH --kl-budget D]
+    reasondistill eval code --model PATH (--benchmark humaneval | --data FILE.jsonl)
+                       [--samples K --temperature T] [--workers N] [--timeout S] [--chat]
+    reasondistill eval choice --model PATH (--benchmark mmlu | --data FILE_OR_FOLDER) [--seed S]
+                       [--scoring generate|loglik [--loglik-target letter|text]] [--no-shuffle]
+    reasondistill eval instruct --model PATH (--benchmark alpaca_eval | --data FILE.jsonl)
                        --judge URL --judge-model NAME | --judge PATH   [--limit N]
     reasondistill eval pairwise --a A/eval_examples.jsonl --b B/eval_examples.jsonl [--judge rule|URL|PATH]
     reasondistill report DIR [DIR ...] [--output FILE.md]
     reasondistill compare CONFIG.yaml
     reasondistill task build [--out DIR] [--teacher-steps N] [--student-steps N]
+
+Every ``eval`` subcommand has only its own flags (``eval TASK --help``), which are the fields of
+its config dataclass (``eval/base.py``'s ``EvalConfig`` and the task's subclass): the same keys
+work in ``--config FILE.yaml`` and as ``key=value`` (``eval TASK --list-keys``), with the priority
+defaults < YAML < key=value < flags. Any model option also takes ``--base-url URL --api-model NAME``
+(an OpenAI-compatible endpoint) instead of ``--model``. The command line from before the
+subcommands still works: ``eval --task X ...`` is ``eval X ...``, and ``eval --model ...`` is
+``eval math ...``.
 """
 
 from __future__ import annotations
@@ -64,152 +73,48 @@ def leave_distributed() -> None:
     os._exit(0)
 
 
-_PRESET_FLAGS = ("temperature", "top_p", "samples", "max_new_tokens", "limit", "sample_seed", "system",
-                 "question_template")
+EVAL_SUBCOMMANDS = ("math", "code", "choice", "instruct", "pairwise")
 
 
-def _apply_preset(args) -> None:
-    """Fill the flags a preset sets and the user left unset (explicit flags win), then the plain defaults."""
-    from .eval.selection import get_preset, preset_value
+def _eval_config_class(name: str):
+    if name == "pairwise":
+        from .eval.pairwise import PairwiseConfig
 
-    preset = get_preset(args.preset)
-    if preset and preset["task"] != args.task:
-        raise SystemExit(f"eval: preset {args.preset} is for --task {preset['task']}, not {args.task}")
-    defaults = {"sample_seed": 0}
-    for flag in _PRESET_FLAGS:
-        if flag == "limit" and args.first is not None:
-            continue  # --first replaces the preset's random subsample
-        if flag in ("temperature", "top_p") and getattr(args, "scoring", "generate") == "loglik":
-            continue  # likelihood scoring samples nothing
-        value = preset_value(preset, flag, args.benchmark)
-        if value is not None and (getattr(args, flag) is None or getattr(args, flag) == defaults.get(flag)):
-            setattr(args, flag, value)
-    if preset.get("shuffle") is False:
-        args.no_shuffle = True
-    args.samples = 1 if args.samples is None else args.samples
-    args.max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
+        return PairwiseConfig
+    from .eval.base import eval_config_class
+
+    return eval_config_class(name)
+
+
+def _eval_overrides(args, cls) -> list[str]:
+    """``key=value`` from the command line, then the flags given (a flag is its field's key=value)."""
+    from dataclasses import fields
+
+    given = [f"{f.name}={getattr(args, f.name)}" for f in fields(cls) if hasattr(args, f.name)]
+    return [*args.overrides, *given]
+
+
+def _build_eval_config(args):
+    from .config import build_config
+
+    cls = _eval_config_class(args.eval_task)
+    return build_config(cls, args.config, _eval_overrides(args, cls))
 
 
 def _cmd_eval(args) -> int:
-    if args.mode == "pairwise":
-        if args.task != "math":
-            raise SystemExit("eval pairwise judges two answer files; --task does not apply to it")
-        return _cmd_eval_pairwise(args)
-    if bool(args.model) == bool(args.base_url):
-        raise SystemExit("eval: give --model PATH (a local model) or --base-url URL --api-model NAME (an endpoint)")
-    _apply_preset(args)
-    if args.task != "math":
-        return _cmd_eval_task(args)
-    if args.temperature is None:
-        args.temperature = 0.0
-    import torch
+    """``eval math|code|choice|instruct``: the config (defaults, --config YAML, key=value, flags),
+    then ``eval.base.run_eval``; the summary goes to stdout."""
+    if args.list_keys:
+        from .config import describe
 
-    from .data.benchmarks import load_jsonl
-    from .eval.math_eval import eval_records, evaluate, write_results
-    from .eval.selection import select_records
-    from .models import assert_compatible, load_model, load_tokenizer, resolve_model
+        print(f"eval {args.eval_task} config keys:\n{describe(_eval_config_class(args.eval_task))}")
+        return 0
+    from .eval.base import run_eval
 
-    if bool(args.benchmark) == bool(args.data):
-        raise SystemExit("eval: give exactly one of --benchmark NAME or --data FILE")
-    if args.benchmark == "arith":  # generated problems: --limit / --first is how many (seeded)
-        records, chosen = eval_records("arith", limit=args.limit or args.first, seed=args.seed), {}
-    elif args.benchmark:  # --first goes to the loader (its order), --limit subsamples what it read
-        records, chosen = select_records(eval_records(args.benchmark, args.data_dir, limit=args.first), args.limit,
-                                         args.first, args.sample_seed)
-    else:
-        if not args.question_field or not args.answer_field:
-            raise SystemExit("eval --data needs --question-field and --answer-field")
-        records, chosen = select_records(load_jsonl(args.data, args.question_field, args.answer_field,
-                                                    limit=args.first), args.limit, args.first, args.sample_seed)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = _eval_model(args)
-    teacher, shared = None, None
-    if args.teacher:
-        teacher_path = resolve_model(args.teacher)
-        teacher = load_model(teacher_path, dtype=args.dtype, device=args.device)
-        report = assert_compatible(tok, load_tokenizer(teacher_path), model.get_input_embeddings().weight.shape[0],
-                                   teacher.get_input_embeddings().weight.shape[0], mode=args.tokenizer_compat)
-        shared = report.shared_vocab
-    torch.manual_seed(args.seed)
-    rows, summary = evaluate(model, tok, records, samples=args.samples, temperature=args.temperature,
-                             top_p=args.top_p or 1.0,
-                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, teacher=teacher,
-                             kl_budget=args.kl_budget, shared_vocab=shared, seed=args.seed, progress=True,
-                             system=args.system, question_template=args.question_template)
-    summary.update({"model": args.model or f"{args.api_model} at {args.base_url}", "teacher": args.teacher,
-                    "preset": args.preset, "benchmark": args.benchmark or str(args.data), "selection": chosen,
-                    "temperature": args.temperature, "top_p": args.top_p or 1.0, "system": args.system,
-                    "question_template": args.question_template})
-    per, summ = write_results(args.output_dir, rows, summary)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {per} and {summ}", file=sys.stderr)
-    return 0
-
-
-def _eval_model(args):
-    """(model, tokenizer): a local model, or an OpenAI-compatible endpoint (tokenizer None)."""
-    if args.base_url:
-        from .eval.api_model import APIModel
-
-        if not args.api_model:
-            raise SystemExit("eval --base-url needs --api-model NAME (the model id at the endpoint)")
-        return APIModel(args.base_url, args.api_model, api_key_env=args.api_key_env, workers=args.workers or 4,
-                        timeout=args.api_timeout), None
-    from .models import load_model, load_tokenizer, resolve_model
-
-    path = resolve_model(args.model)
-    return load_model(path, dtype=args.dtype, device=args.device), load_tokenizer(path)
-
-
-def _cmd_eval_task(args) -> int:
-    """``eval --task code|choice|instruct``: records, (judge), model, run, write, print."""
-    import torch
-
-    from .eval.math_eval import write_results
-    from .eval.task_runner import load_task_records, run_task
-
-    task = args.task
-    if args.base_url and task == "code" and not args.chat:
-        args.chat = True  # an endpoint answers conversations: the code prompt goes in as a chat instruction
-        print("eval --task code --base-url: asking through the chat instruction (--chat)", file=sys.stderr)
-    if args.teacher or args.question_field or args.answer_field:
-        raise SystemExit(f"eval --task {task}: --teacher, --question-field and --answer-field are for --task math")
-    if args.samples != 1 and task != "code":
-        raise SystemExit(f"eval --task {task}: --samples is for --task math and code")
-    if bool(args.benchmark) == bool(args.data):
-        raise SystemExit(f"eval --task {task}: give exactly one of --benchmark NAME or --data FILE")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    judge = template = None
-    if task == "instruct":
-        from .eval.instruct_eval import load_instruct_template, make_instruct_judge
-
-        if not args.judge:
-            raise SystemExit("eval --task instruct needs a judge: --judge http(s)://HOST:PORT/v1 --judge-model NAME, "
-                             "or --judge PATH (a local model)")
-        template = load_instruct_template(args.judge_template)
-        judge = make_instruct_judge(args.judge, args.judge_model, max_tokens=args.judge_max_tokens,
-                                    workers=args.workers or 4, device=args.device)
-    from .eval.selection import select_records
-
-    source = args.benchmark or args.data
-    # --first goes to the loader (multiple choice: spread over the subject files), --limit subsamples
-    records, chosen = select_records(load_task_records(task, source, args.data_dir, limit=args.first), args.limit,
-                                     args.first, args.sample_seed)
-    if not records:
-        raise ValueError(f"eval --task {task}: {source} holds no records")
-    model, tok = _eval_model(args)
-    torch.manual_seed(args.seed)
-    rows, summary = run_task(task, model, tok, records, benchmark=str(source), judge=judge, template=template,
-                             samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                             workers=args.workers or 2, timeout=args.timeout, seed=args.seed,
-                             shuffle=not args.no_shuffle, chat=args.chat, system=args.system, progress=True,
-                             scoring=args.scoring, loglik_target=args.loglik_target)
-    summary.update({"model": args.model or f"{args.api_model} at {args.base_url}", "limit": args.limit,
-                    "preset": args.preset, "selection": chosen})
-    per, summ = write_results(args.output_dir, rows, summary, prefix=task)
+    cfg = _build_eval_config(args)
+    if cfg.task == "code" and cfg.base_url:
+        print("eval code --base-url: asking through the chat instruction (chat=true)", file=sys.stderr)
+    _, summary, (per, summ) = run_eval(cfg)
     print(json.dumps(summary, indent=2))
     print(f"wrote {per} and {summ}", file=sys.stderr)
     if summary.get("unparseable_verdicts"):
@@ -230,23 +135,14 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_eval_pairwise(args) -> int:
-    from pathlib import Path
+    if args.list_keys:
+        from .config import describe
 
-    from .eval.pairwise import compare_pair, load_template, make_judge, read_rows
+        print(f"eval pairwise config keys:\n{describe(_eval_config_class('pairwise'))}")
+        return 0
+    from .eval.pairwise import run_pairwise
 
-    if not (args.a and args.b):
-        raise SystemExit("eval pairwise: give --a and --b (per-example JSONL files written by `reasondistill eval`)")
-    spec = args.judge or "rule"
-    judge = make_judge(spec, model=args.judge_model) if spec.startswith(("http://", "https://", "rule")) \
-        else make_judge(spec, device="cuda" if args.device == "cuda" else "cpu")
-    summary, records = compare_pair(judge, read_rows(args.a), read_rows(args.b), load_template(args.judge_template))
-    summary.update({"a": args.a, "b": args.b})
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "pairwise_verdicts.jsonl").open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    (out / "pairwise_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = run_pairwise(_build_eval_config(args))
     print(json.dumps(summary, indent=2))
     if summary["unparseable_verdicts"]:
         print(f"note: {summary['unparseable_verdicts']} verdicts could not be parsed (counted, not fatal)", file=sys.stderr)
@@ -274,6 +170,61 @@ def _cmd_task(args) -> int:
     return 0
 
 
+def _add_config_flags(parser, cls) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--max-new-tokens`` for
+    ``max_new_tokens``; a boolean field defaulting to true is ``--no-NAME``), its help the field's
+    documentation. Flags left out stay out of the namespace, so the config's defaults, YAML and
+    key=value apply underneath."""
+    import typing
+    from dataclasses import MISSING, fields
+
+    from .config import field_doc
+
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        doc = field_doc(cls, f.name).replace("%", "%%")
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            if f.default is True:
+                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                    default=argparse.SUPPRESS, help=doc)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=doc)
+            continue
+        default = "" if f.default in (MISSING, None) else f" (default {f.default})"
+        parser.add_argument(flag, dest=f.name, type=base if base in (int, float) else str,
+                            default=argparse.SUPPRESS, metavar=f.name.upper(), help=doc + default)
+
+
+def _eval_alias(argv: list[str]) -> list[str]:
+    """The command line before the eval subcommands, still accepted: ``eval --task X ...`` is
+    ``eval X ...`` and ``eval --model ...`` (no task) is ``eval math ...``."""
+    if len(argv) < 2 or argv[0] != "eval" or argv[1] in ("-h", "--help"):
+        return argv
+    rest = list(argv[1:])
+    task = None
+    for i, a in enumerate(rest):
+        if a == "--task" and i + 1 < len(rest):
+            task = rest[i + 1]
+            del rest[i:i + 2]
+            break
+        if a.startswith("--task="):
+            task = a.split("=", 1)[1]
+            del rest[i]
+            break
+    if rest and rest[0] == "pairwise":
+        if task is not None:
+            raise SystemExit("eval pairwise judges two answer files; --task does not apply to it")
+        return argv
+    if rest and rest[0] in EVAL_SUBCOMMANDS:
+        if task is None:
+            return argv
+        rest = rest[1:]  # the old positional mode "math" with a --task
+    return ["eval", task or "math", *rest]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reasondistill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,76 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a model: math accuracy and KL to a teacher (default), code pass@k, "
-                                    "multiple choice, instruction-following win rate; `eval pairwise` judges two "
-                                    "answer sets (RWR / RLR)")
-    e.add_argument("mode", nargs="?", default="math", choices=["math", "pairwise"],
-                   help="math (default): evaluate a model (see --task); pairwise: reasoning judge on two eval outputs")
-    e.add_argument("--task", default="math", choices=["math", "code", "choice", "instruct"],
-                   help="math (default): boxed-answer accuracy, KL, CS; code: pass@1/pass@k by sandboxed execution; "
-                        "choice: multiple choice, options shuffled with --seed; instruct: win rate against reference "
-                        "answers by a pairwise --judge, both orders. Writes <task>_examples.jsonl and "
-                        "<task>_summary.json (math: eval_*)")
-    e.add_argument("--model", default=None, help="model folder, hub name or embedded:student")
-    e.add_argument("--base-url", default=None, help="instead of --model: an OpenAI-compatible endpoint "
-                   "(http(s)://HOST:PORT/v1) as the model under evaluation (every task; choice: --scoring generate)")
-    e.add_argument("--api-model", default=None, help="with --base-url: the model id at the endpoint")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="with --base-url: the environment variable "
-                   "holding the key (none sent when unset)")
-    e.add_argument("--api-timeout", type=float, default=120.0, help="with --base-url: seconds per read")
-    e.add_argument("--benchmark", default=None, help="math: gsm8k, math500, ..., or arith (embedded test split); "
-                   "code: humaneval; choice: mmlu (the data dir's mmlu/ folder); instruct: alpaca_eval")
-    e.add_argument("--data", default=None, help="any JSONL file (math: with --question-field/--answer-field; code: "
-                   "HumanEval schema; choice: a CSV/JSONL file or a folder of them; instruct: instruction, output)")
-    e.add_argument("--question-field", default=None)
-    e.add_argument("--answer-field", default=None)
-    e.add_argument("--data-dir", default=None, help="benchmark folder (else $REASONDISTILL_DATA_DIR)")
-    e.add_argument("--limit", type=int, default=None,
-                   help="a seeded random subsample of N records (--sample-seed; recorded in the summary)")
-    e.add_argument("--first", type=int, default=None, help="the first N records instead (the file's order)")
-    e.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit subsample")
-    e.add_argument("--preset", default=None, help="a paper's evaluation protocol (explicit flags still win): "
-                   "pipeline, tgpo, tgpo-choice, vcrd, vcrd-code, vcrd-instruct (see eval/selection.py)")
-    e.add_argument("--question-template", default=None,
-                   help="math: the user message, with {question} (the pipeline preset uses the paper's Box 6)")
-    e.add_argument("--samples", type=int, default=None,
-                   help="math, code: k answers per question: avg@k / pass@k (default 1)")
-    e.add_argument("--temperature", type=float, default=None,
-                   help="0 = greedy (with --samples 1); default 0, instruct 0.8 (the paper's)")
-    e.add_argument("--top-p", type=float, default=None, help="nucleus sampling; default 1, instruct 0.95")
-    e.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--teacher", default=None, help="report per-example KL(student||teacher) and CS")
-    e.add_argument("--kl-budget", type=float, default=0.35, help="d for constraint satisfaction")
-    e.add_argument("--tokenizer-compat", default="strict", choices=["strict", "shared_ids"],
-                   help="with --teacher: shared_ids accepts a teacher with the same ids but another template / EOS")
-    e.add_argument("--dtype", default="float32")
-    e.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    e.add_argument("--system", default=None, help="system prompt for every question (e.g. answer format)")
-    e.add_argument("--seed", type=int, default=0, help="sampling seed; choice: also the option shuffle")
-    e.add_argument("--no-shuffle", action="store_true", help="choice: keep the options in file order")
-    e.add_argument("--scoring", default="generate", choices=["generate", "loglik"],
-                   help="choice: generate an answer and read its letter, or loglik: the log-likelihood of each "
-                        "option after the prompt (no parsing; lm-evaluation-harness's standard)")
-    e.add_argument("--loglik-target", default="letter", choices=["letter", "text"],
-                   help="choice --scoring loglik: score each option's letter, or its text (per-character mean)")
-    e.add_argument("--workers", type=int, default=None,
-                   help="code: programs run at once (default 2); instruct: judge requests at once (default 4)")
-    e.add_argument("--timeout", type=float, default=10.0, help="code: seconds per program")
-    e.add_argument("--chat", action="store_true", help="code: ask through the chat template instead of letting "
-                   "the model continue the raw prompt")
-    e.add_argument("--output-dir", default="runs/eval")
-    e.add_argument("--a", default=None, help="pairwise: the first model's eval_examples.jsonl")
-    e.add_argument("--b", default=None, help="pairwise: the second model's eval_examples.jsonl")
-    e.add_argument("--judge", default=None, help="pairwise: rule (default; embedded task step checker), "
-                   "http(s)://HOST:PORT/v1 (OpenAI-compatible; key from $OPENAI_API_KEY), or a local model; "
-                   "instruct (required): an endpoint or a local model")
-    e.add_argument("--judge-model", default=None, help="pairwise, instruct: model name at the endpoint")
-    e.add_argument("--judge-template", default=None,
-                   help="pairwise, instruct: prompt template file (default: the packaged one)")
-    e.add_argument("--judge-max-tokens", type=int, default=None,
-                   help="instruct: the judge's reply length (default 1024 at an endpoint, 256 locally)")
-    e.set_defaults(func=_cmd_eval)
+    e = sub.add_parser("eval", help="evaluate a model: eval math (accuracy, KL to a teacher), code (pass@k), choice "
+                                    "(multiple choice), instruct (win rate); eval pairwise judges two answer sets",
+                       description="Evaluate a model; each task has its own flags (eval TASK --help), a --config "
+                                   "YAML and key=value overrides (eval TASK --list-keys).")
+    esub = e.add_subparsers(dest="eval_task", required=True, metavar="{" + ",".join(EVAL_SUBCOMMANDS) + "}")
+    helps = {"math": "final-answer accuracy (pass@1, avg@k / pass@k); with --teacher the KL and CS",
+             "code": "pass@1 / unbiased pass@k by sandboxed execution (HumanEval, MBPP, a JSONL file)",
+             "choice": "multiple choice, options shuffled with --seed, scored by generation or --scoring loglik",
+             "instruct": "win rate against reference answers by a pairwise --judge, both orders (AlpacaEval)",
+             "pairwise": "judge the reasoning of two eval outputs in both orders (RWR / RLR)"}
+    for name in EVAL_SUBCOMMANDS:
+        cls = _eval_config_class(name)
+        sp = esub.add_parser(name, help=helps[name], description=f"{helps[name]}. Writes "
+                             + ("pairwise_verdicts.jsonl and pairwise_summary.json" if name == "pairwise" else
+                                f"{cls.task_class.prefix}_examples.jsonl and {cls.task_class.prefix}_summary.json")
+                             + " into --output-dir. Priority: defaults < --config < key=value < flags.")
+        _add_config_flags(sp, cls)
+        sp.add_argument("--config", default=None, help="YAML file of key: value (the same keys)")
+        sp.add_argument("--list-keys", action="store_true", help="list every key with its default and documentation")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides (after the flags)")
+        sp.set_defaults(func=_cmd_eval_pairwise if name == "pairwise" else _cmd_eval)
 
     r = sub.add_parser("report", help="one Markdown table of every *_summary.json under the given folders")
     r.add_argument("dirs", nargs="+", help="folders searched recursively (eval output dirs, a compare output dir)")
@@ -390,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_eval_alias(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "out", "x") is None:
         from .tasks.arith import ASSETS_DIR
 

@@ -132,12 +132,56 @@ def test_shared_bootstrap_stage_feeds_every_run(tmp_path, tiny_models):
                                                   "Teacher model"]
 
 
-def test_compare_eval_limit_is_the_first_rows_or_a_seeded_subsample():
-    from reasondistill.eval.selection import select_records
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
-    recs = [{"id": i} for i in range(50)]
-    assert C._first({"limit": 5, "sample_seed": None}, "gsm8k") == 5  # the old behaviour: the loader cuts
-    assert C._limited(recs, {"limit": 5, "sample_seed": None}, "gsm8k") is recs
-    assert C._first({"limit": 5, "sample_seed": 2}, "gsm8k") is None  # read whole, then draw
-    assert C._limited(recs, {"limit": 5, "sample_seed": 2}, "gsm8k") == select_records(recs, 5, seed=2)[0] != recs[:5]
-    assert C._first({"limit": 5, "sample_seed": 2}, "arith") == 5  # generated problems are already random
+
+@pytest.mark.parametrize("sample_seed", [None, 3])
+def test_compare_and_eval_choose_the_same_records(tmp_path, sample_seed):
+    """One selection rule: compare's `limit` (+ `sample_seed`) reads the rows `eval TASK` reads with
+    --first (sample_seed null) or --limit --sample-seed; arith generates `limit` problems either way."""
+    from reasondistill.cli import main
+    from reasondistill.config import build_config
+    from reasondistill.eval.base import load_records
+
+    d = tmp_path / "data"
+    (d / "mc").mkdir(parents=True)
+    (d / "gsm8k_test.jsonl").write_text("".join(json.dumps({"question": f"What is {k}+0?", "answer": f"#### {k}"})
+                                                + "\n" for k in range(30)))
+    for subject in ("algebra", "physics"):
+        (d / "mc" / f"{subject}_test.csv").write_text("".join(f'"{subject} {k}?",a,b,c,d,B\n' for k in range(8)))
+    ev = build_config(C.CompareEval, overrides={"benchmarks": ["gsm8k", "arith"], "limit": 5, "choice": str(d / "mc"),
+                                                "choice_limit": 3, "sample_seed": sample_seed, "data_dir": str(d)})
+    pick = ["--first", "5"] if sample_seed is None else ["--limit", "5", "--sample-seed", str(sample_seed)]
+    common = ["--model", "embedded:student", "--max-new-tokens", "1", "--no-progress"]
+    for bench in ("gsm8k", "arith"):
+        out = tmp_path / bench
+        assert main(["eval", "math", "--benchmark", bench, "--data-dir", str(d), *pick, *common,
+                     "--output-dir", str(out)]) == 0
+        want = [r["question"] for r in load_records(ev.task_config("math", bench))[0]]
+        assert [r["question"] for r in _rows(out / "eval_examples.jsonl")] == want and len(want) == 5
+    if sample_seed is not None:  # a random draw, not the first rows
+        assert want != [r["question"] for r in load_records(ev.task_config("math", "gsm8k", limit=None,
+                                                                           sample_seed=0, first=5))[0]]
+    pick = ["--first", "3"] if sample_seed is None else ["--limit", "3", "--sample-seed", str(sample_seed)]
+    out = tmp_path / "choice"
+    assert main(["eval", "choice", "--data", str(d / "mc"), *pick, *common, "--output-dir", str(out)]) == 0
+    want = [r["id"] for r in load_records(ev.task_config("choice", str(d / "mc")))[0]]
+    assert [r["id"] for r in _rows(out / "choice_examples.jsonl")] == want and len(want) == 3
+
+
+def test_compare_eval_keys_go_through_build_config(tmp_path, tiny_models):
+    """A typo in eval: is named with its closest valid key; a value of the wrong type is named too."""
+    import yaml
+
+    p = write_cfg(tmp_path, tiny_models, [{"name": "x", "method": "cmdp"}])
+    cfg = yaml.safe_load(p.read_text())
+    cfg["eval"]["kl_budgett"] = 0.1
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"compare.yaml: eval: .*'kl_budgett'.*Did you mean kl_budget"):
+        C.load_config(p)
+    del cfg["eval"]["kl_budgett"]
+    cfg["eval"]["limit"] = "many"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="limit='many' is not a valid int"):
+        C.load_config(p)

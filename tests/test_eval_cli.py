@@ -97,7 +97,7 @@ def test_limit_is_a_seeded_random_subsample_recorded_in_the_summary(tiny, tmp_pa
     assert main([*base, "--first", "2", "--output-dir", str(tmp_path / "both")]) == 2  # one or the other
 
 
-def test_preset_sets_the_papers_protocol_and_explicit_flags_win(tiny, tmp_path):
+def test_preset_sets_the_papers_protocol_and_explicit_flags_win(tiny, tmp_path, capsys):
     from reasondistill.eval.selection import PIPELINE_BOX6
 
     base = ["eval", "--model", str(tiny / "student"), "--benchmark", "gsm8k", "--data-dir", str(SHARED),
@@ -110,8 +110,9 @@ def test_preset_sets_the_papers_protocol_and_explicit_flags_win(tiny, tmp_path):
     assert json.loads((tmp_path / "t" / "eval_summary.json").read_text())["temperature"] == 0.9
     rows = [json.loads(x) for x in (tmp_path / "p" / "eval_examples.jsonl").read_text().splitlines()]
     assert s["question_template"] == PIPELINE_BOX6 and len(rows) == 6  # 3 questions x 2 samples
-    with pytest.raises(SystemExit, match="preset pipeline is for --task math"):
-        main([*base, "--task", "code", "--output-dir", str(tmp_path / "x")])
+    capsys.readouterr()
+    assert main(["eval", "code", *base[1:], "--output-dir", str(tmp_path / "x")]) == 2
+    assert "preset pipeline is for eval math, not eval code" in capsys.readouterr().err
 
 
 def test_train_cli_rejects_unknown_key_and_lists_keys(tiny, tmp_path, capsys):

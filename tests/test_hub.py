@@ -22,7 +22,7 @@ from reasondistill.data.benchmarks import BENCHMARKS, DATA_DIR_ENV, DataError, l
 from reasondistill.eval.code_eval import CODE_BENCHMARKS, build_program, evaluate_solutions  # noqa: E402
 from reasondistill.eval.code_eval import load_code_benchmark  # noqa: E402
 from reasondistill.eval.instruct_eval import INSTRUCT_BENCHMARKS, load_instruct_benchmark  # noqa: E402
-from reasondistill.eval.task_runner import CHOICE_BENCHMARKS, load_choice_records  # noqa: E402
+from reasondistill.eval.choice_eval import CHOICE_BENCHMARKS, load_choice_records  # noqa: E402
 
 PAPER_BENCHMARKS = {  # every benchmark the four papers evaluate -> its name here
     "GSM8K": "gsm8k", "MATH-500": "math500", "Minerva": "minerva_math", "OlympiadBench": "olympiadbench",

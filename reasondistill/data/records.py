@@ -70,12 +70,15 @@ def _join_question(parts: Sequence[str]) -> str:
     return " ".join(out)
 
 
-def iter_json_objects(path: str | os.PathLike, limit: int | None = None):
+def iter_json_objects(path: str | os.PathLike, limit: int | None = None, errors: list | None = None):
     """Yield ``(where, line_no, row)`` for each JSON object line of ``path`` (blank lines skipped),
     at most ``limit`` of them; ``where`` is ``"{path}, line {n}"`` for error messages.
 
     Raises ``DataError`` naming the file and the 1-based line for a file that cannot be opened, a
-    line that is not JSON, or one that is not an object."""
+    line that is not JSON, or one that is not an object. With ``errors`` (a list) a bad line is
+    not raised but appended to it as ``(where, line_no, message)`` and skipped, so a caller that
+    must report bad rows and go on (the question bank, a resumed API job whose last line a kill
+    cut short) reads the same way as one that stops at the first."""
     try:
         fh = open(path, encoding="utf-8")
     except OSError as e:
@@ -91,9 +94,15 @@ def iter_json_objects(path: str | os.PathLike, limit: int | None = None):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON: {e}") from e
+                if errors is None:
+                    raise DataError(f"{where}: malformed JSON: {e}") from e
+                errors.append((where, line_no, f"malformed JSON: {e}"))
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                if errors is None:
+                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                errors.append((where, line_no, f"expected a JSON object, got {type(row).__name__}"))
+                continue
             n += 1
             yield where, line_no, row
 

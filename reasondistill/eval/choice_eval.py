@@ -23,14 +23,16 @@ Two scorings (:func:`evaluate_choice`):
   with configurable fields (``question``, ``choices`` list, ``answer`` as letter, 0-based index
   or the option's text). Records: ``id``, ``question``, ``choices``, ``answer`` (letter),
   ``answer_index``, ``subject`` (the file stem without ``_test``/``_val``/``_dev``), ``source``.
+  :func:`load_choice_records`: a file, a folder of them or a benchmark name (local, else the Hub).
 - :func:`shuffle_options`: permutes the options and remaps the answer letter.
 - :func:`format_prompt`: question, lettered options, and an instruction (generation: end with
   "The answer is (X)").
 - :func:`extract_choice`: the chosen letter from free text, or None; its docstring lists the
   rules (the last explicit answer statement wins; negated mentions never count).
 - :func:`loglik_requests`: the prompt and the per-option continuations that loglik scores.
-- :func:`evaluate_choice`: accuracy, unparseable count and per-subject accuracy for either
-  scoring.
+- :class:`ChoiceTask`: the ``choice`` task of ``eval/base.py`` (either scoring on the shared
+  loop; :class:`ChoiceEvalConfig`, its settings: ``reasondistill eval choice``);
+  :func:`evaluate_choice` runs it: accuracy, unparseable count and per-subject accuracy.
 """
 
 from __future__ import annotations
@@ -43,18 +45,22 @@ import random
 import re
 import string
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
 from ..data.records import answer_index
-from .math_eval import length_stats
+from ..errors import ConfigError
+from .base import EvalConfig, Task, chat_messages, evaluate_task, length_stats
 
 __all__ = [
     "ANSWER_PREFIX",
+    "CHOICE_BENCHMARKS",
+    "ChoiceEvalConfig",
+    "ChoiceTask",
     "DEFAULT_INSTRUCTION",
     "LOGLIK_INSTRUCTION",
     "LOGLIK_TARGETS",
@@ -64,6 +70,7 @@ __all__ = [
     "format_prompt",
     "load_choice_file",
     "load_choice_files",
+    "load_choice_records",
     "loglik_requests",
     "shuffle_options",
     "summarize_choice",
@@ -179,6 +186,47 @@ def load_choice_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     for p in paths:
         out += load_choice_file(p, limit=limit_per_file, **kwargs)
     return out
+
+
+CHOICE_BENCHMARKS = {"mmlu": "mmlu"}
+"""Multiple-choice benchmark name -> folder (or file) relative to the data directory."""
+
+
+def load_choice_records(source: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                        limit: int | None = None) -> list[dict]:
+    """A multiple-choice file, a folder of them, or a benchmark name: ``mmlu`` (the data
+    directory's ``mmlu/`` when it is there), or any choice benchmark of the Hub table
+    (``data.hub.DATA``: mmlu, mmlu_pro, arc_challenge, gpqa_diamond, sat_math), read from its
+    Hugging Face Hub dataset when the data directory does not hold it.
+
+    ``limit`` caps the total, spread over the files round-robin (file 1's first question,
+    file 2's first, ..., then the second of each), so a small limit still covers every subject
+    (from the Hub: over the subjects, the same way).
+    """
+    from ..data import hub
+
+    name = str(source)
+    if not os.path.exists(name) and not os.path.splitext(name)[1] and "/" not in name and os.sep not in name:
+        located = hub.locate(name, "choice", CHOICE_BENCHMARKS, data_dir, kind="multiple-choice benchmark",
+                             path_hint=", or a .csv/.jsonl file or a folder of them")
+        if located.where != "local":
+            return hub.load_located(name, located, limit)
+        path = located.path
+    else:
+        path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl"))
+        if not files:
+            raise DataError(f"no .csv or .jsonl files in {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"multiple-choice data {path} not found (a .csv/.jsonl file, a folder of them, "
+                        f"or one of: {', '.join(sorted(set(CHOICE_BENCHMARKS) | set(hub.hub_names('choice'))))})")
+    per_file = None if limit is None else -(-limit // len(files))
+    lists = [load_choice_file(f, limit=per_file) for f in files]
+    out = [recs[k] for k in range(max(map(len, lists))) for recs in lists if k < len(recs)]
+    return out if limit is None else out[:limit]
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,10 +480,12 @@ def loglik_requests(record: dict, target: str, tokenizer, system: str | None = N
     return render_prompt(tokenizer, question, system=system) + ANSWER_PREFIX, continuations
 
 
-def _loglik_rows(model, tokenizer, shown: list[dict], target: str, batch_size: int, system: str | None,
-                 progress: bool) -> list[dict]:
-    """Score every option of every question, ``batch_size`` (prompt, continuation) pairs per
-    forward (the options of many questions share one forward; a question may straddle two)."""
+def _loglik_outputs(model, tokenizer, shown: list[dict], target: str, batch_size: int, system: str | None,
+                    progress: bool):
+    """Yield ``(chunk, None, outputs)`` for :func:`~reasondistill.eval.base.evaluate_task`: every
+    option of every question scored, ``batch_size`` (prompt, continuation) pairs per forward (the
+    options of many questions share one forward; a question may straddle two), each question
+    yielded once all its options are scored, as ``(option log-probs, option token counts)``."""
     from ..rollout import encode_pairs
     from ..signals import TokenPass
 
@@ -453,6 +503,7 @@ def _loglik_rows(model, tokenizer, shown: list[dict], target: str, batch_size: i
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"loglik ({target})", unit="batch")
+    done = 0  # questions yielded so far
     was_training = model.training
     model.eval()
     try:
@@ -467,29 +518,89 @@ def _loglik_rows(model, tokenizer, shown: list[dict], target: str, batch_size: i
                 n_tok = batch.completion_mask.sum(-1).tolist()
                 for (q, j, _, _), v, k in zip(chunk, total, n_tok):
                     sums[q, j], counts[q, j] = v, int(k)
+                complete = len(shown) if a + len(chunk) >= len(pairs) else chunk[-1][0] + (
+                    chunk[-1][1] == len(shown[chunk[-1][0]]["choices"]) - 1)
+                if complete > done:
+                    qs = range(done, complete)
+                    yield [shown[q] for q in qs], None, [
+                        ([sums[q, j] for j in range(len(shown[q]["choices"]))],
+                         [counts[q, j] for j in range(len(shown[q]["choices"]))]) for q in qs]
+                    done = complete
     finally:
         model.train(was_training)
-
-    rows = []
-    for q, rec in enumerate(shown):
-        n = len(rec["choices"])
-        logprobs = [sums[q, j] for j in range(n)]
-        if target == "text":  # mean log-prob per character of the continuation (see evaluate_choice)
-            scores = [lp / len(f" {str(c).strip()}") for lp, c in zip(logprobs, rec["choices"])]
-        else:
-            scores = list(logprobs)
-        best = max(range(n), key=lambda j: scores[j])  # ties: the first option
-        rows.append({"id": rec["id"], "subject": rec.get("subject"), "question": rec["question"],
-                     "choices": rec["choices"], "permutation": rec["permutation"], "gold": rec["answer"],
-                     "scoring": "loglik", "loglik_target": target, "option_logprobs": logprobs,
-                     "option_num_tokens": [counts[q, j] for j in range(n)], "option_scores": scores,
-                     "predicted": LETTERS[best], "correct": LETTERS[best] == rec["answer"]})
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+class ChoiceTask(Task):
+    """Multiple choice: options shuffled per (``seed``, id) when ``shuffle``, then either the
+    letter read from a generated answer (``scoring="generate"``) or the best-scored option by
+    log-likelihood (``scoring="loglik"``); see :func:`evaluate_choice`."""
+
+    name = prefix = "choice"
+
+    def __init__(self, *, seed: int = 0, shuffle: bool = True, scoring: str = "generate",
+                 loglik_target: str = "letter", system: str | None = None,
+                 instruction: str | None = DEFAULT_INSTRUCTION):
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        if loglik_target not in LOGLIK_TARGETS:
+            raise ValueError(f"loglik_target must be one of {LOGLIK_TARGETS}, got {loglik_target!r}")
+        self.seed, self.shuffle, self.scoring, self.loglik_target = seed, shuffle, scoring, loglik_target
+        self.system, self.instruction = system, instruction
+
+    @classmethod
+    def load(cls, source, data_dir=None, first=None, **_):
+        return load_choice_records(source, data_dir, limit=first)
+
+    def prepare(self, records):
+        return [shuffle_options(r, self.seed) if self.shuffle else {**r, "permutation": list(range(len(r["choices"])))}
+                for r in records]
+
+    def check(self, model) -> None:
+        from .api_model import APIModel
+
+        if self.scoring == "loglik" and isinstance(model, APIModel):
+            raise ValueError("scoring=loglik needs the model's log-probabilities of given text; an endpoint is "
+                             "evaluated with scoring=generate")
+
+    def prompt(self, record):
+        return chat_messages(format_prompt(record, self.instruction), self.system)
+
+    def outputs(self, model, tokenizer, records, **sampling):
+        if self.scoring == "generate":
+            yield from super().outputs(model, tokenizer, records, **sampling)
+            return
+        if sampling["temperature"] > 0 or sampling["top_p"] < 1.0:
+            raise ValueError("temperature/top_p apply to scoring='generate' only; scoring='loglik' samples nothing")
+        yield from _loglik_outputs(model, tokenizer, records, self.loglik_target, sampling["batch_size"], self.system,
+                                   sampling["progress"])
+
+    def score(self, record, output, sample):
+        row = {"id": record["id"], "subject": record.get("subject"), "question": record["question"],
+               "choices": record["choices"], "permutation": record["permutation"], "gold": record["answer"]}
+        if self.scoring == "generate":
+            got = extract_choice(output, len(record["choices"]), record["choices"])
+            return {**row, "output": output, "extracted": got, "predicted": got, "correct": got == record["answer"]}
+        logprobs, counts = output
+        if self.loglik_target == "text":  # mean log-prob per character of the continuation (see evaluate_choice)
+            scores = [lp / len(f" {str(c).strip()}") for lp, c in zip(logprobs, record["choices"])]
+        else:
+            scores = list(logprobs)
+        best = max(range(len(scores)), key=lambda j: scores[j])  # ties: the first option
+        return {**row, "scoring": "loglik", "loglik_target": self.loglik_target, "option_logprobs": logprobs,
+                "option_num_tokens": counts, "option_scores": scores, "predicted": LETTERS[best],
+                "correct": LETTERS[best] == record["answer"]}
+
+    def summarize(self, rows, samples):
+        out = summarize_choice(rows)
+        out.update(seed=self.seed, shuffle=self.shuffle, scoring=self.scoring)
+        if self.scoring == "loglik":
+            out["loglik_target"] = self.loglik_target
+        return out
+
+
 def _predicted(row: dict) -> str | None:
     """The graded letter of a row: ``predicted`` (both scorings), else ``extracted`` (older rows)."""
     return row["predicted"] if "predicted" in row else row.get("extracted")
@@ -558,42 +669,35 @@ def evaluate_choice(model, tokenizer, records: list[dict], *, seed: int = 0, shu
         summary: :func:`summarize_choice` plus ``seed``, ``shuffle``, ``scoring`` and, for
             loglik, ``loglik_target``.
     """
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-    if loglik_target not in LOGLIK_TARGETS:
-        raise ValueError(f"loglik_target must be one of {LOGLIK_TARGETS}, got {loglik_target!r}")
-    if scoring == "loglik" and (temperature > 0 or top_p < 1.0):
-        raise ValueError("temperature/top_p apply to scoring='generate' only; scoring='loglik' samples nothing")
+    task = ChoiceTask(seed=seed, shuffle=shuffle, scoring=scoring, loglik_target=loglik_target, system=system,
+                      instruction=instruction)
+    return evaluate_task(task, model, tokenizer, records, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)
 
-    t0 = time.time()
-    shown = [shuffle_options(r, seed) if shuffle else {**r, "permutation": list(range(len(r["choices"])))}
-             for r in records]
-    if scoring == "loglik":
-        from .api_model import APIModel
 
-        if isinstance(model, APIModel):
-            raise ValueError("scoring=loglik needs the model's log-probabilities of given text; an endpoint is "
-                             "evaluated with scoring=generate")
-        rows = _loglik_rows(model, tokenizer, shown, loglik_target, batch_size, system, progress)
-        summary = summarize_choice(rows, wall=time.time() - t0)
-        summary.update(seed=seed, shuffle=shuffle, scoring=scoring, loglik_target=loglik_target)
-        return rows, summary
+@dataclass
+class ChoiceEvalConfig(EvalConfig):
+    """``reasondistill eval choice``: multiple-choice accuracy, options shuffled with ``seed``."""
 
-    from .math_eval import chat_messages, generate_batches
+    task: ClassVar[str] = "choice"
+    task_class: ClassVar[type[Task]] = ChoiceTask
 
-    rows = []
-    for chunk, roll, texts in generate_batches(
-            model, tokenizer, shown, lambda r: chat_messages(format_prompt(r, instruction), system),
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            progress=progress):
-        lengths = roll.lengths.tolist()
-        for j, text in enumerate(texts):
-            rec = chunk[j]
-            got = extract_choice(text, len(rec["choices"]), rec["choices"])
-            rows.append({"id": rec["id"], "subject": rec.get("subject"), "question": rec["question"],
-                         "choices": rec["choices"], "permutation": rec["permutation"], "gold": rec["answer"],
-                         "output": text, "extracted": got, "predicted": got, "correct": got == rec["answer"],
-                         "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])})
-    summary = summarize_choice(rows, wall=time.time() - t0)
-    summary.update(seed=seed, shuffle=shuffle, scoring=scoring)
-    return rows, summary
+    shuffle: bool = True
+    """Shuffle the options per (seed, question id); false keeps the file's order (--no-shuffle)."""
+    scoring: str = "generate"
+    """generate: the model writes an answer and its letter is read (what it cannot read counts
+    wrong); loglik: the log-likelihood of each option after the prompt, no parsing
+    (lm-evaluation-harness's standard; a local model only)."""
+    loglik_target: str = "letter"
+    """With scoring=loglik: score each option's letter, or its text (per-character mean)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.loglik_target not in LOGLIK_TARGETS:
+            raise ConfigError(f"loglik_target must be one of {', '.join(LOGLIK_TARGETS)}, got {self.loglik_target!r}")
+
+    def make_task(self, model, tokenizer) -> ChoiceTask:
+        return ChoiceTask(seed=self.seed, shuffle=self.shuffle, scoring=self.scoring,
+                          loglik_target=self.loglik_target, system=self.system)

@@ -27,26 +27,32 @@ Pieces
 - every program runs in ``eval/sandbox.py`` (separate process, time/memory/process limits,
   no network, see its docstring for what is and is not guaranteed); a program passes only if
   it runs to its end with exit status 0.
-- :func:`evaluate_code` generates with ``rollout.generate`` and executes; execution of one
-  batch overlaps generation of the next. :func:`evaluate_solutions` executes given
+- :class:`CodeTask` is the ``code`` task of ``eval/base.py`` (:class:`CodeEvalConfig`, its
+  settings: ``reasondistill eval code``); :func:`evaluate_code` runs it: generation on the
+  shared loop, execution of one batch overlapping generation of the next. :func:`evaluate_solutions` executes given
   completions (no model): the canonical solutions must all pass, which is how the harness is
   tested.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
-from .math_eval import length_stats
+from ..errors import ConfigError
+from .base import EvalConfig, Task, chat_messages, evaluate_task, length_stats
 from .sandbox import run_program
 
 __all__ = [
     "CODE_BENCHMARKS",
+    "CodeEvalConfig",
+    "CodeTask",
     "STOP_SEQUENCES",
     "build_program",
     "evaluate_code",
@@ -273,18 +279,65 @@ def evaluate_solutions(records: list[dict], completions_per_record, *, workers: 
     return rows, summarize_code(rows, samples, wall=time.time() - t0)
 
 
+class CodeTask(Task):
+    """HumanEval-style problems; each completion runs against the problem's tests in the sandbox
+    while the next batch generates (the pool lives for the run: :meth:`session`). Prompts are the
+    raw code prompts (the model continues the function), or with ``chat=True``
+    :data:`CHAT_INSTRUCTION` as a chat instruction (with ``system``)."""
+
+    name = prefix = "code"
+    desc = "generate"
+
+    def __init__(self, *, workers: int = 2, timeout: float = 10.0, memory_mb: int = 1024, chat: bool = False,
+                 system: str | None = None, sandbox: dict | None = None):
+        self.workers, self.chat, self.system = workers, chat, system
+        self.sandbox = _sandbox_kwargs(timeout, memory_mb, sandbox)
+        self._pool = None
+
+    @classmethod
+    def load(cls, source, data_dir=None, first=None, **_):
+        return load_code_benchmark(source, data_dir, limit=first)
+
+    @contextlib.contextmanager
+    def session(self):
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            self._pool = pool
+            try:
+                yield
+            finally:
+                self._pool = None
+
+    def prompt(self, record):
+        return chat_messages(CHAT_INSTRUCTION.format(prompt=record["prompt"]), self.system) if self.chat \
+            else record["prompt"]
+
+    def score(self, record, output, sample):
+        return {"task_id": record["task_id"], "sample": sample, "completion": output,
+                "_run": (record, self._pool.submit(run_program, build_program(record, output), **self.sandbox))}
+
+    def finish(self, rows, progress=False):
+        out = []
+        for r in rows:
+            rec, fut = r.pop("_run")
+            extra = {k: r[k] for k in ("num_tokens", "truncated", "api_error") if k in r}
+            out.append(_row(rec, r["sample"], r["completion"], fut.result(), extra))
+        return out
+
+    def summarize(self, rows, samples):
+        return summarize_code(rows, samples)
+
+
 def evaluate_code(model, tokenizer, records: list[dict], *, samples: int = 1, temperature: float = 0.0,
                   top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16, workers: int = 2,
                   timeout: float = 10.0, memory_mb: int = 1024, seed: int = 0, chat: bool = False,
                   system: str | None = None, sandbox: dict | None = None,
                   progress: bool = False) -> tuple[list[dict], dict]:
-    """Generate ``samples`` completions per record and execute each against its tests.
+    """Generate ``samples`` completions per record and execute each against its tests
+    (:class:`CodeTask` on the loop of ``eval/base.py``).
 
-    Prompts are the raw code prompts (the model continues the function), or with ``chat=True``
-    :data:`CHAT_INSTRUCTION` rendered by ``models.render_prompt`` (with ``system``). Greedy
-    unless ``temperature > 0``; ``samples > 1`` with ``temperature == 0`` samples at 1.0 (as
-    ``math_eval.evaluate``). Generation of batch ``b+1`` overlaps the sandbox runs of batch
-    ``b`` (``workers`` programs at a time).
+    Greedy unless ``temperature > 0``; ``samples > 1`` with ``temperature == 0`` samples at 1.0.
+    Generation of batch ``b+1`` overlaps the sandbox runs of batch ``b`` (``workers`` programs
+    at a time).
 
     Returns:
         rows: one dict per sample, in record order: ``task_id``, ``sample``, ``completion``,
@@ -294,27 +347,38 @@ def evaluate_code(model, tokenizer, records: list[dict], *, samples: int = 1, te
         summary: :func:`summarize_code` (``pass@1``, ``pass@k``, ``num_timeouts``,
             ``num_errors``, ``wall_seconds``, ...).
     """
-    from .math_eval import chat_messages, generate_batches
+    task = CodeTask(workers=workers, timeout=timeout, memory_mb=memory_mb, chat=chat, system=system, sandbox=sandbox)
+    return evaluate_task(task, model, tokenizer, records, samples=samples, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)
 
-    kw = _sandbox_kwargs(timeout, memory_mb, sandbox)
-    t0 = time.time()
-    pending: list[tuple[dict, int, str, dict, object]] = []
 
-    def make_prompt(r: dict):
-        return chat_messages(CHAT_INSTRUCTION.format(prompt=r["prompt"]), system) if chat else r["prompt"]
+@dataclass
+class CodeEvalConfig(EvalConfig):
+    """``reasondistill eval code``: pass@1 / unbiased pass@k by sandboxed execution."""
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for chunk, roll, texts in generate_batches(
-                model, tokenizer, records, make_prompt, samples=samples, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
-                desc="generate"):
-            lengths = roll.lengths.tolist()
-            for j, text in enumerate(texts):
-                rec = chunk[roll.group_index[j].item()]
-                extra = {"num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
-                if getattr(roll, "errors", None) and roll.errors[j]:
-                    extra["api_error"] = roll.errors[j]
-                fut = pool.submit(run_program, build_program(rec, text), **kw)
-                pending.append((rec, j % samples, text, extra, fut))
-        rows = [_row(rec, s, text, fut.result(), extra) for rec, s, text, extra, fut in pending]
-    return rows, summarize_code(rows, samples, wall=time.time() - t0)
+    task: ClassVar[str] = "code"
+    task_class: ClassVar[type[Task]] = CodeTask
+
+    samples: int | None = None
+    """n completions per problem: pass@1 is their mean, pass@k unbiased (default 1)."""
+    timeout: float = 10.0
+    """Seconds per program in the sandbox."""
+    memory_mb: int = 1024
+    """Memory limit per program in the sandbox (MiB)."""
+    chat: bool = False
+    """Ask through the chat template (CHAT_INSTRUCTION) instead of letting the model continue the raw
+    prompt; always on with base_url (an endpoint answers conversations)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.timeout <= 0 or self.memory_mb < 1:
+            raise ConfigError("timeout must be > 0 and memory_mb >= 1")
+        if self.base_url and not self.chat:
+            self.chat = True  # an endpoint answers conversations: the code prompt goes in as a chat instruction
+
+    def make_task(self, model, tokenizer) -> CodeTask:
+        return CodeTask(workers=self.workers or 2, timeout=self.timeout, memory_mb=self.memory_mb, chat=self.chat,
+                        system=self.system)
+
+    def summary_extras(self) -> dict:
+        return {"chat": self.chat}

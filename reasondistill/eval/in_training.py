@@ -24,7 +24,7 @@ EVAL_BATCH = 64
 
 
 def evaluate_in_training(ctx, records: list[dict]) -> dict:
-    from .math_eval import generate_batches
+    from .base import generate_batches
 
     cfg, acc = ctx.cfg, ctx.accelerator
     mine = records[acc.process_index::acc.num_processes]

@@ -26,20 +26,27 @@ Pieces
   OpenAI-compatible endpoint or a local Hugging Face model; see :func:`make_instruct_judge`),
   with the template ``templates/instruct_pairwise.txt`` (placeholders ``{question}``,
   ``{answer_a}``, ``{answer_b}``), sent as one user message.
-- :func:`summarize_instruct`: the accounting above; :func:`evaluate_instruct` does all three.
+- :func:`summarize_instruct`: the accounting above.
+- :class:`InstructTask`: the ``instruct`` task of ``eval/base.py`` (answers on the shared loop,
+  judged once all are written; :class:`InstructEvalConfig`, its settings: ``reasondistill eval
+  instruct``); :func:`evaluate_instruct` runs it.
 """
 
 from __future__ import annotations
 
 import os
-import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 from ..data.benchmarks import iter_json_objects, require_fields
-from .math_eval import length_stats
+from ..errors import ConfigError
+from .base import EvalConfig, Task, chat_messages, evaluate_task, length_stats
 from .pairwise import FIRST_SCORE, fill, load_template, make_judge, parse_verdict
 
 __all__ = [
     "INSTRUCT_BENCHMARKS",
+    "InstructEvalConfig",
+    "InstructTask",
     "PAPER_SAMPLING",
     "evaluate_instruct",
     "generate_answers",
@@ -122,27 +129,50 @@ def make_instruct_judge(spec: str, model: str | None = None, *, max_tokens: int 
 # --------------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------------
+class InstructTask(Task):
+    """Instructions with a reference answer: one answer each, then (with a ``judge``) both orders
+    judged against the reference (:func:`judge_answers`) once every answer is written."""
+
+    name = prefix = "instruct"
+    desc = "answer"
+
+    def __init__(self, judge=None, *, template: str | None = None, system: str | None = None,
+                 judge_batch: int = 64):
+        self.judge, self.template, self.system, self.judge_batch = judge, template, system, judge_batch
+
+    @classmethod
+    def load(cls, source, data_dir=None, first=None, **_):
+        return load_instruct_benchmark(source, data_dir, limit=first)
+
+    def prompt(self, record):
+        return chat_messages(record["instruction"], self.system)
+
+    def score(self, record, output, sample):
+        row = {"id": record["id"], "instruction": record["instruction"], "reference": record["reference"],
+               "output": output}
+        row.update({k: record[k] for k in ("dataset", "generator") if k in record})
+        return row
+
+    def finish(self, rows, progress=False):
+        if self.judge is None:
+            return rows
+        return judge_answers(self.judge, rows, self.template, judge_batch=self.judge_batch, progress=progress)
+
+    def summarize(self, rows, samples):
+        if self.judge is None:  # answers only (generate_answers)
+            return {"num_instructions": len(rows)}
+        return {**summarize_instruct(rows), "judge": getattr(self.judge, "name", type(self.judge).__name__)}
+
+
 def generate_answers(model, tokenizer, records: list[dict], *, temperature: float = 0.8, top_p: float = 0.95,
                      max_new_tokens: int = 512, batch_size: int = 16, seed: int = 0, system: str | None = None,
                      progress: bool = False) -> list[dict]:
-    """One answer per record (greedy when ``temperature == 0``): rows with ``id``,
+    """One answer per record (greedy when ``temperature == 0``), unjudged: rows with ``id``,
     ``instruction``, ``reference``, ``output``, ``num_tokens``, ``truncated`` (and the record's
     ``dataset`` / ``generator``)."""
-    from .math_eval import chat_messages, generate_batches
-
-    rows: list[dict] = []
-    for chunk, roll, texts in generate_batches(
-            model, tokenizer, records, lambda r: chat_messages(r["instruction"], system),
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            progress=progress, desc="answer"):
-        lengths = roll.lengths.tolist()
-        for j, text in enumerate(texts):
-            rec = chunk[j]
-            row = {"id": rec["id"], "instruction": rec["instruction"], "reference": rec["reference"],
-                   "output": text, "num_tokens": int(lengths[j]), "truncated": bool(roll.truncated[j])}
-            row.update({k: rec[k] for k in ("dataset", "generator") if k in rec})
-            rows.append(row)
-    return rows
+    return evaluate_task(InstructTask(system=system), model, tokenizer, records, temperature=temperature,
+                         top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                         progress=progress)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,17 +279,50 @@ def evaluate_instruct(model, tokenizer, records: list[dict], judge, *, template:
                       temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 512,
                       batch_size: int = 16, seed: int = 0, system: str | None = None, judge_batch: int = 64,
                       progress: bool = False) -> tuple[list[dict], dict]:
-    """Answer every instruction (the paper's sampling by default), judge both orders, summarize.
+    """Answer every instruction (the paper's sampling by default), judge both orders, summarize
+    (:class:`InstructTask` on the loop of ``eval/base.py``).
 
     Returns (rows of :func:`judge_answers`, :func:`summarize_instruct` plus ``judge`` and the
     generation settings).
     """
-    t0 = time.time()
-    rows = generate_answers(model, tokenizer, records, temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, system=system,
-                            progress=progress)
-    rows = judge_answers(judge, rows, template, judge_batch=judge_batch, progress=progress)
-    summary = summarize_instruct(rows, wall=time.time() - t0)
-    summary.update({"judge": getattr(judge, "name", type(judge).__name__), "temperature": temperature,
-                    "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed})
-    return rows, summary
+    if judge is None:
+        raise ValueError("the instruct task needs a judge (an endpoint URL or a local model)")
+    task = InstructTask(judge, template=template, system=system, judge_batch=judge_batch)
+    return evaluate_task(task, model, tokenizer, records, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)
+
+
+@dataclass
+class InstructEvalConfig(EvalConfig):
+    """``reasondistill eval instruct``: win rate against the reference answers, judged pairwise in
+    both orders (the VCRD paper's §10.3.1 prompt)."""
+
+    task: ClassVar[str] = "instruct"
+    task_class: ClassVar[type[Task]] = InstructTask
+    default_sampling: ClassVar[tuple[float, float]] = (PAPER_SAMPLING["temperature"], PAPER_SAMPLING["top_p"])
+
+    judge: str | None = None
+    """Required: an OpenAI-compatible endpoint (http(s)://HOST:PORT/v1, with judge_model) or a local
+    model (folder, hub name, embedded:teacher)."""
+    judge_model: str | None = None
+    """With an endpoint judge: the model name at the endpoint."""
+    judge_template: str | None = None
+    """Judge prompt file with {question}, {answer_a}, {answer_b} (default: the packaged
+    templates/instruct_pairwise.txt)."""
+    judge_max_tokens: int | None = None
+    """The judge's reply length (default 1024 at an endpoint, 256 locally)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.judge:
+            raise ConfigError("eval instruct needs a judge: --judge http(s)://HOST:PORT/v1 --judge-model NAME, "
+                              "or --judge PATH (a local model)")
+
+    def make_task(self, model, tokenizer, *, judge=None) -> InstructTask:
+        """``judge`` (a judge of ``eval/pairwise.py``) is used as it is; else one is made from ``self.judge``."""
+        from .base import resolved_device
+
+        if judge is None:
+            judge = make_instruct_judge(self.judge, self.judge_model, max_tokens=self.judge_max_tokens,
+                                        workers=self.workers or 4, device=resolved_device(self.device))
+        return InstructTask(judge, template=load_instruct_template(self.judge_template), system=self.system)

@@ -33,6 +33,7 @@ column i (the paper's Figure 4: "averaging over columns gives RWR and over rows 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -249,3 +250,47 @@ def pairwise_matrix(judge, answers: dict[str, list[dict]], template: str | None 
 def _mean(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
+
+
+@dataclass
+class PairwiseConfig:
+    """``reasondistill eval pairwise``: the reasoning of two answer sets judged in both orders (RWR / RLR)."""
+
+    a: str | None = None
+    """The first model's per-example JSONL (eval_examples.jsonl written by ``reasondistill eval math``)."""
+    b: str | None = None
+    """The second model's per-example JSONL."""
+    judge: str = "rule"
+    """rule (the embedded task's step checker), http(s)://HOST:PORT/v1 (OpenAI-compatible; key from
+    $OPENAI_API_KEY) or a local model."""
+    judge_model: str | None = None
+    """With an endpoint judge: the model name at the endpoint."""
+    judge_template: str | None = None
+    """Judge prompt file (default: the packaged templates/pairwise_reasoning.txt)."""
+    device: str = "auto"
+    """A local judge's device: cuda, else the CPU."""
+    output_dir: str = "runs/eval"
+    """Where pairwise_verdicts.jsonl and pairwise_summary.json are written."""
+
+    def validate(self) -> None:
+        if not (self.a and self.b):
+            raise ValueError("eval pairwise: give a and b (--a, --b: per-example JSONL files written by "
+                             "`reasondistill eval`)")
+
+
+def run_pairwise(cfg: PairwiseConfig) -> dict:
+    """Judge ``cfg.a`` against ``cfg.b``; writes the verdicts and the summary, returns the summary."""
+    import json
+
+    spec = cfg.judge
+    judge = make_judge(spec, model=cfg.judge_model) if spec.startswith(("http://", "https://", "rule")) \
+        else make_judge(spec, device="cuda" if cfg.device == "cuda" else "cpu")
+    summary, records = compare_pair(judge, read_rows(cfg.a), read_rows(cfg.b), load_template(cfg.judge_template))
+    summary.update({"a": cfg.a, "b": cfg.b})
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pairwise_verdicts.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    (out / "pairwise_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

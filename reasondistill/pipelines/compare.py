@@ -36,6 +36,13 @@ The config (YAML)::
       instruct_template: null    # default: templates/instruct_pairwise.txt (the VCRD paper's §10.3.1 prompt)
       task_max_new_tokens: 512   # answer length for code, choice and instruct
 
+The ``eval:`` keys are the fields of :class:`CompareEval` (built by ``config.build_config``: an
+unknown key is named with the closest valid ones). Each evaluation it describes is the
+``EvalConfig`` of ``reasondistill eval TASK`` (:meth:`CompareEval.task_config`), so compare and
+``eval`` choose the same records and score them the same way: ``limit: N`` with
+``sample_seed: null`` is ``eval --first N``, with ``sample_seed: S`` it is ``eval --limit N
+--sample-seed S``.
+
 Steps: train every run (``<output_dir>/runs/<slug>``; a finished run is reused, an interrupted one
 resumes from its last checkpoint); evaluate every model greedily on every benchmark with the
 teacher's per-answer KL and constraint satisfaction at ``kl_budget`` (cached per model and
@@ -58,24 +65,89 @@ import json
 import re
 import sys
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, build_config
 
 REFERENCE_ROWS = ("Student model", "Bootstrapped student", "Teacher model")
 
-EVAL_DEFAULTS = {"benchmarks": ["arith"], "limit": 400, "kl_budget": 0.35, "max_new_tokens": 64, "batch_size": 64,
-                 "judge": "rule", "judge_model": None, "judge_template": None, "data_dir": None, "seed": 0,
-                 # None: the first `limit` records of a benchmark file; an int: a random `limit` drawn with it
-                 "sample_seed": None,
-                 "student": True, "teacher": True,
-                 # beyond math (evaluate_tasks): a benchmark name or file per task, None = skip
-                 "code": None, "code_limit": None, "choice": None, "choice_limit": None,
-                 "instruct": None, "instruct_limit": None, "instruct_judge": None, "instruct_judge_model": None,
-                 "instruct_template": None, "task_max_new_tokens": 512}
+@dataclass
+class CompareEval:
+    """The ``eval:`` section of a compare config: what every model is evaluated on. Each
+    evaluation is an ``EvalConfig`` of ``eval/base.py`` (:meth:`task_config`), so records are
+    chosen, prompted and scored exactly as ``reasondistill eval TASK`` does with the same settings."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["arith"])
+    """Math benchmarks (arith, gsm8k, math500, ...): FAC, KL, CS and the pairwise judge on each."""
+    limit: int | None = 400
+    """Records per math benchmark (arith: problems generated); see sample_seed."""
+    sample_seed: int | None = None
+    """None: the first ``limit`` rows of a benchmark file (``eval --first``); a seed: a random
+    ``limit`` drawn with it (``eval --limit --sample-seed``). Also for code/choice/instruct."""
+    kl_budget: float = 0.35
+    """d of constraint satisfaction."""
+    max_new_tokens: int = 64
+    """Answer length on the math benchmarks."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    seed: int = 0
+    """Sampling seed (and the arith problems, the option shuffle)."""
+    data_dir: str | None = None
+    """Benchmark folder (else $REASONDISTILL_DATA_DIR)."""
+    judge: str = "rule"
+    """Pairwise reasoning judge of the methods: rule | http(s)://HOST:PORT/v1 (judge_model) | a local model."""
+    judge_model: str | None = None
+    """With an endpoint judge: the model name at the endpoint."""
+    judge_template: str | None = None
+    """Pairwise judge prompt file (default: templates/pairwise_reasoning.txt)."""
+    student: bool = True
+    """Add the untrained (and the bootstrapped) student's row."""
+    teacher: bool = True
+    """Add the teacher's row."""
+    code: str | None = None
+    """Optional: a code benchmark or HumanEval-schema JSONL: pass@1 for every model."""
+    code_limit: int | None = None
+    """Records of ``code`` (see sample_seed)."""
+    choice: str | None = None
+    """Optional: a multiple-choice benchmark, file or folder: MC accuracy, options shuffled with seed."""
+    choice_limit: int | None = None
+    """Records of ``choice``."""
+    instruct: str | None = None
+    """Optional: an instruction benchmark or file: win rate against the references, both orders."""
+    instruct_limit: int | None = None
+    """Records of ``instruct``."""
+    instruct_judge: str | None = None
+    """The instruct judge: an endpoint or a local model (default: judge, unless it is rule)."""
+    instruct_judge_model: str | None = None
+    """With an endpoint instruct judge: its model name (default: judge_model when judge is used)."""
+    instruct_template: str | None = None
+    """Instruct judge prompt file (default: templates/instruct_pairwise.txt, the VCRD paper's §10.3.1)."""
+    task_max_new_tokens: int = 512
+    """Answer length for code, choice and instruct."""
+
+    def task_config(self, task: str, source: str, **extra):
+        """The ``EvalConfig`` of one evaluation here: ``task`` on the benchmark or file ``source``
+        (math: ``limit`` and ``max_new_tokens``; the others: ``<task>_limit`` and
+        ``task_max_new_tokens``), greedy except instruct (the paper's sampling)."""
+        from ..config import build_config
+        from ..eval.base import eval_config_class
+
+        cls = eval_config_class(task)
+        limit = self.limit if task == "math" else getattr(self, f"{task}_limit")
+        over = {"data_dir": self.data_dir, "seed": self.seed, "batch_size": self.batch_size, "progress": False,
+                "max_new_tokens": self.max_new_tokens if task == "math" else self.task_max_new_tokens}
+        over["benchmark"] = source  # a name, or (code, choice, instruct) a file its loader reads
+        if self.sample_seed is None:
+            over["first"] = limit
+        else:
+            over.update(limit=limit, sample_seed=self.sample_seed)
+        if task == "math":
+            over["kl_budget"] = self.kl_budget
+        over.update(extra)
+        return build_config(cls, overrides=over)
 
 
 def slug(name: str) -> str:
@@ -106,11 +178,12 @@ def load_config(path: str | Path) -> dict:
         get_method(boot["method"])
     if not data.get("runs"):
         raise ConfigError(f"{path}: 'runs' must list at least one {{name, method, ...}}")
-    ev = dict(EVAL_DEFAULTS)
-    bad = set(data.get("eval") or {}) - set(EVAL_DEFAULTS)
-    if bad:
-        raise ConfigError(f"{path}: unknown eval keys {sorted(bad)}; valid: {', '.join(EVAL_DEFAULTS)}")
-    ev.update(data.get("eval") or {})
+    if not isinstance(data.get("eval") or {}, dict):
+        raise ConfigError(f"{path}: eval must be a mapping of key: value")
+    try:
+        ev = build_config(CompareEval, overrides=dict(data.get("eval") or {}))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: eval: {e}") from None
     runs = []
     for k, r in enumerate(data["runs"]):
         where = f"{path}: runs[{k}]"
@@ -207,46 +280,34 @@ def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
     return finals
 
 
-def _eval_settings(ev: dict, model_path) -> dict:
+def _eval_settings(ev: CompareEval, model_path) -> dict:
     """What a cached evaluation must match to be reused: the settings and the model's weights
     file (its modification time changes when the run is retrained)."""
     from ..models import resolve_model
 
     p = Path(resolve_model(str(model_path)))
     w = p / "model.safetensors"
-    return {"limit": ev["limit"], "sample_seed": ev["sample_seed"], "kl_budget": ev["kl_budget"],
-            "max_new_tokens": ev["max_new_tokens"],
-            "seed": ev["seed"], "model": str(p), "weights_mtime": w.stat().st_mtime if w.exists() else None}
-
-
-def _first(ev: dict, bench: str):
-    """What the loader reads: the embedded task generates ``limit`` problems; a file is cut to its
-    first ``limit`` rows unless ``sample_seed`` asks for a random subsample (then read whole)."""
-    return ev["limit"] if bench == "arith" or ev["sample_seed"] is None else None
-
-
-def _limited(records: list, ev: dict, bench: str) -> list:
-    from ..eval.selection import select_records
-
-    if bench == "arith" or ev["sample_seed"] is None or ev["limit"] is None:
-        return records
-    return select_records(records, ev["limit"], seed=ev["sample_seed"])[0]
+    return {"limit": ev.limit, "sample_seed": ev.sample_seed, "kl_budget": ev.kl_budget,
+            "max_new_tokens": ev.max_new_tokens,
+            "seed": ev.seed, "model": str(p), "weights_mtime": w.stat().st_mtime if w.exists() else None}
 
 
 def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, dict]]:
-    """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl."""
+    """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl.
+    Every benchmark is ``eval math`` with :meth:`CompareEval.task_config`'s settings, the teacher
+    loaded once and every model's answers scored against it."""
     import torch
 
-    from ..models import resolve_model
-    from ..eval.math_eval import eval_records, evaluate, write_results
-    from ..models import assert_compatible, load_model, load_tokenizer
+    from ..eval.base import evaluate_task, load_records, write_results
+    from ..models import assert_compatible, load_model, load_tokenizer, resolve_model
 
     ev, out = cfg["eval"], Path(cfg["output_dir"]) / "eval"
     teacher_path = resolve_model(cfg["common"].get("teacher", "embedded:teacher"))
     teacher, t_tok = None, None
     results: dict[str, dict[str, dict]] = {}
-    for bench in ev["benchmarks"]:
-        records = _limited(eval_records(bench, ev["data_dir"], limit=_first(ev, bench), seed=ev["seed"]), ev, bench)
+    for bench in ev.benchmarks:
+        ecfg = ev.task_config("math", bench)
+        records, _ = load_records(ecfg)
         for name, path in models.items():
             d = out / slug(name)
             summ = d / f"{bench}_summary.json"
@@ -266,11 +327,10 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
                 shared = assert_compatible(tok, t_tok, model.get_input_embeddings().weight.shape[0],
                                            teacher.get_input_embeddings().weight.shape[0]).shared_vocab
             print(f"[compare] evaluating {name} on {bench} ({len(records)} problems)", file=sys.stderr, flush=True)
-            torch.manual_seed(ev["seed"])
-            rows, s = evaluate(model, tok, records, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
-                               teacher=None if is_teacher else teacher, kl_budget=ev["kl_budget"],
-                               shared_vocab=shared, seed=ev["seed"], progress=False)
-            s.update({"model": str(path), "benchmark": bench, "settings": settings})
+            torch.manual_seed(ev.seed)
+            task = ecfg.make_task(model, tok, teacher=None if is_teacher else teacher, shared_vocab=shared)
+            rows, s = evaluate_task(task, model, tok, records, **ecfg.sampling(), benchmark=bench)
+            s.update({"model": str(path), "settings": settings})
             write_results(d, rows, s, prefix=bench)
             results.setdefault(name, {})[bench] = s
     return results
@@ -288,62 +348,63 @@ def _task_label(source) -> str:
     return slug(Path(str(source)).stem)
 
 
-def _instruct_judge_spec(ev: dict) -> tuple[str, str | None]:
-    spec = ev["instruct_judge"] or (ev["judge"] if ev["judge"] != "rule" else None)
+def _instruct_judge_spec(ev: CompareEval) -> tuple[str, str | None]:
+    spec = ev.instruct_judge or (ev.judge if ev.judge != "rule" else None)
     if not spec:
         raise ConfigError("eval.instruct needs an LLM judge: set eval.instruct_judge to an http(s)://HOST:PORT/v1 "
                           "endpoint (with instruct_judge_model) or a local model path")
-    return spec, ev["instruct_judge_model"] or (ev["judge_model"] if spec == ev["judge"] else None)
+    return spec, ev.instruct_judge_model or (ev.judge_model if spec == ev.judge else None)
 
 
 def evaluate_tasks(cfg: dict, models: dict[str, str], evals: dict) -> dict[str, dict[str, dict]]:
     """Code / multiple choice / instruction following for every model, when ``eval.code``,
-    ``eval.choice`` or ``eval.instruct`` name a benchmark or file (``eval/task_runner.py``;
-    greedy for code and choice, the paper's sampling for instruct, ``task_max_new_tokens``).
+    ``eval.choice`` or ``eval.instruct`` name a benchmark or file: ``eval code|choice|instruct``
+    with :meth:`CompareEval.task_config`'s settings (greedy for code and choice, the paper's
+    sampling for instruct, ``task_max_new_tokens``).
 
     Returns {model name: {task: summary}} and stores it in ``evals[name][TASKS_KEY]``. Rows and
     summaries are cached in ``<out>/eval/<slug>/<task>_<benchmark>_{examples.jsonl,summary.json}``
-    and reused while the benchmark and the limit are unchanged.
+    and reused while the benchmark, the limit and the sample seed are unchanged.
     """
-    from ..models import resolve_model
-    from ..eval.math_eval import write_results
-    from ..eval.task_runner import load_task_records, run_task
-    from ..models import load_model, load_tokenizer
+    from ..eval.base import evaluate_task, load_records, write_results
+    from ..models import load_model, load_tokenizer, resolve_model
 
     ev, out = cfg["eval"], Path(cfg["output_dir"]) / "eval"
-    tasks = [t for t in TASK_COLUMNS if ev[t]]
+    tasks = [t for t in TASK_COLUMNS if getattr(ev, t)]
     if not tasks:
         return {}
-    records, judge, template, results = {}, None, None, {}
+    configs = {}
+    for t in tasks:
+        extra = dict(zip(("judge", "judge_model", "judge_template"),
+                         (*_instruct_judge_spec(ev), ev.instruct_template))) if t == "instruct" else {}
+        configs[t] = ev.task_config(t, str(getattr(ev, t)), **extra)
+    records, judge, results = {}, None, {}
     for name, path in models.items():
         model = tok = None
         for task in tasks:
-            source, limit = str(ev[task]), ev[f"{task}_limit"]
+            ecfg = configs[task]
+            source, limit = ecfg.source, getattr(ev, f"{task}_limit")
             summ = out / slug(name) / f"{task}_{_task_label(source)}_summary.json"
             if summ.exists():
                 cached = json.loads(summ.read_text())
                 if cached.get("benchmark") == source and cached.get("limit") == limit \
-                        and cached.get("sample_seed") == ev["sample_seed"]:
+                        and cached.get("sample_seed") == ev.sample_seed:
                     results.setdefault(name, {})[task] = cached
                     continue
             if task not in records:
-                records[task] = _limited(load_task_records(task, source, ev["data_dir"],
-                                                           limit=limit if ev["sample_seed"] is None else None),
-                                         {**ev, "limit": limit}, source)
-            if task == "instruct" and judge is None:
-                from ..eval.instruct_eval import load_instruct_template, make_instruct_judge
-
-                spec, judge_model = _instruct_judge_spec(ev)
-                judge = make_instruct_judge(spec, judge_model)
-                template = load_instruct_template(ev["instruct_template"])
+                records[task] = load_records(ecfg)[0]
             if model is None:
                 p = resolve_model(str(path))
                 model, tok = load_model(p), load_tokenizer(p)
+            if task == "instruct":  # one judge for every model
+                t = ecfg.make_task(model, tok, judge=judge)
+                judge = t.judge
+            else:
+                t = ecfg.make_task(model, tok)
             print(f"[compare] evaluating {name} on {task} {source} ({len(records[task])} records)", file=sys.stderr,
                   flush=True)
-            rows, s = run_task(task, model, tok, records[task], benchmark=source, judge=judge, template=template,
-                               max_new_tokens=ev["task_max_new_tokens"], batch_size=ev["batch_size"], seed=ev["seed"])
-            s.update({"model": str(path), "limit": limit, "sample_seed": ev["sample_seed"]})
+            rows, s = evaluate_task(t, model, tok, records[task], **ecfg.sampling(), benchmark=source)
+            s.update({"model": str(path), "limit": limit, "sample_seed": ev.sample_seed})
             write_results(summ.parent, rows, s, prefix=f"{task}_{_task_label(source)}")
             results.setdefault(name, {})[task] = s
     for name, by_task in results.items():
@@ -357,22 +418,22 @@ def judge_methods(cfg: dict, names: list[str]) -> dict[str, dict]:
 
     ev, out = cfg["eval"], Path(cfg["output_dir"])
     judge, res = None, {}
-    for bench in ev["benchmarks"]:
+    for bench in ev.benchmarks:
         cache = out / f"pairwise_{bench}.json"
         files = [out / "eval" / slug(n) / f"{bench}_examples.jsonl" for n in names]
-        key = {"models": names, "judge": ev["judge"], "judge_model": ev["judge_model"],
-               "template": load_template(ev["judge_template"]), "answers_mtime": [f.stat().st_mtime for f in files]}
+        key = {"models": names, "judge": ev.judge, "judge_model": ev.judge_model,
+               "template": load_template(ev.judge_template), "answers_mtime": [f.stat().st_mtime for f in files]}
         if cache.exists():
             m = json.loads(cache.read_text())
             if m.get("cache_key") == key:
                 res[bench] = m
                 continue
         if judge is None:
-            judge = make_judge(ev["judge"], model=ev["judge_model"]) if ev["judge"] != "rule" else make_judge("rule")
+            judge = make_judge(ev.judge, model=ev.judge_model) if ev.judge != "rule" else make_judge("rule")
         answers = {n: read_rows(out / "eval" / slug(n) / f"{bench}_examples.jsonl") for n in names}
-        print(f"[compare] judging {len(names) * (len(names) - 1) // 2} pairs on {bench} with {ev['judge']}",
+        print(f"[compare] judging {len(names) * (len(names) - 1) // 2} pairs on {bench} with {ev.judge}",
               file=sys.stderr, flush=True)
-        m = pairwise_matrix(judge, answers, load_template(ev["judge_template"]))
+        m = pairwise_matrix(judge, answers, load_template(ev.judge_template))
         m["cache_key"] = key
         cache.write_text(json.dumps(m, indent=2) + "\n")
         res[bench] = m
@@ -385,10 +446,10 @@ def _pct(x) -> str:
 
 def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tuple[list[list[str]], list[dict]]:
     """Table 1's layout: one row per model, per benchmark FAC, RWR, RLR, KL (+-std), CS (in %, KL in nats)."""
-    benches = cfg["eval"]["benchmarks"]
+    benches = cfg["eval"].benchmarks
     header = ["Method"] + [f"{b} {m}" for b in benches for m in ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑")]
-    tasks = [t for t in TASK_COLUMNS if cfg["eval"].get(t)]
-    header += [f"{_task_label(cfg['eval'][t])} {TASK_COLUMNS[t][1]} ↑" for t in tasks]
+    tasks = [t for t in TASK_COLUMNS if getattr(cfg["eval"], t)]
+    header += [f"{_task_label(getattr(cfg['eval'], t))} {TASK_COLUMNS[t][1]} ↑" for t in tasks]
     rows, records = [header], []
     extra = [n for n in REFERENCE_ROWS if n in evals]
     for name in methods + extra:
@@ -425,14 +486,14 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
     from ..report.plots import dynamics_plot, heatmap_plot, pareto_front, pareto_plot, radar_plot, read_metrics
 
     out = Path(cfg["output_dir"])
-    benches = cfg["eval"]["benchmarks"]
+    benches = cfg["eval"].benchmarks
     rows, records = build_table(cfg, methods, evals, judged)
     md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     note = (f"\nFAC, RWR, RLR and CS in %; KL = mean per-token KL(student || teacher) on the model's own greedy "
-            f"answers (± std over answers); CS = share of answers with mean KL <= {cfg['eval']['kl_budget']}; "
-            f"RWR/RLR from the '{cfg['eval']['judge']}' judge, both orders, over the methods only.\n")
-    if cfg["eval"].get("instruct"):
+            f"answers (± std over answers); CS = share of answers with mean KL <= {cfg['eval'].kl_budget}; "
+            f"RWR/RLR from the '{cfg['eval'].judge}' judge, both orders, over the methods only.\n")
+    if cfg["eval"].instruct:
         unparsed = {n: evals[n].get(TASKS_KEY, {}).get("instruct", {}) for n in evals}
         counts = ", ".join(f"{n} {s.get('unparseable_verdicts')}/{s.get('num_verdicts')}" for n, s in unparsed.items())
         note += ("instruct win (in %) = win rate against the reference answers, both orders averaged, ties half; "
@@ -461,7 +522,7 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
         dynamics_plot(curves, ["kl/row_mean", "reward/task_mean", "grad_norm"], out / "dynamics.png")
     result = {"config": cfg["path"], "table": records, "pareto_front": pareto_front(pts), "radar": radar,
               "win": win, "unparseable_verdicts": {b: judged[b]["unparseable_verdicts"] for b in benches}}
-    if cfg["eval"].get("instruct"):
+    if cfg["eval"].instruct:
         result["instruct_unparseable_verdicts"] = {
             n: evals[n].get(TASKS_KEY, {}).get("instruct", {}).get("unparseable_verdicts") for n in evals}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -476,25 +537,25 @@ def _mean_or_none(xs):
 def run_compare(path: str | Path, progress: bool = True) -> dict:
     t0 = time.time()
     cfg = load_config(path)
-    if cfg["eval"]["instruct"]:
+    if cfg["eval"].instruct:
         _instruct_judge_spec(cfg["eval"])  # a missing judge fails before any training
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     finals = train_runs(cfg, progress=progress)
     models = dict(finals)
     common = cfg["common"]
-    if cfg["eval"]["student"]:
+    if cfg["eval"].student:
         models["Student model"] = common.get("student", "embedded:student")
         if cfg["bootstrap"] is not None:
             models["Bootstrapped student"] = str(out / "bootstrap" / "final")
-    if cfg["eval"]["teacher"]:
+    if cfg["eval"].teacher:
         models["Teacher model"] = common.get("teacher", "embedded:teacher")
     evals = evaluate_models(cfg, models)
     evaluate_tasks(cfg, models, evals)  # code / choice / instruct, when the config names them
     methods = [r["name"] for r in cfg["runs"]]
     judged = judge_methods(cfg, methods) if len(methods) > 1 else {
         b: {"rwr": {}, "rlr": {}, "win": {m: {m: None} for m in methods}, "unparseable_verdicts": 0}
-        for b in cfg["eval"]["benchmarks"]}
+        for b in cfg["eval"].benchmarks}
     result = write_report(cfg, methods, evals, judged)
     print((out / "table.md").read_text())
     print(f"[compare] wrote {out}/table.md, table.csv, pareto.png, radar.png, pairwise_heatmap.png, dynamics.png, "
