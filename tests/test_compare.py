@@ -185,3 +185,39 @@ def test_compare_eval_keys_go_through_build_config(tmp_path, tiny_models):
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="limit='many' is not a valid int"):
         C.load_config(p)
+
+
+def test_seeds_avg_k_and_no_judge(tmp_path, tiny_models):
+    """``seeds:`` trains each run once per seed (NAME_seedK, its seed set), ``avg_k`` adds the
+    sampled avg@k column, ``judge: none`` skips the pairwise judge; seeds.md has mean ± std."""
+    import statistics
+
+    import yaml
+
+    p = write_cfg(tmp_path, tiny_models, [{"name": "GRPO", "method": "grpo", "teacher": "none"},
+                                          {"name": "TGPO", "method": "tgpo"}], avg_k=2, judge="none",
+                  student=False, teacher=False)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["seeds"] = [0, 1]
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    loaded = C.load_config(p)
+    assert [(r["name"], r["overrides"]["seed"]) for r in loaded["runs"]] == [
+        ("GRPO_seed0", 0), ("GRPO_seed1", 1), ("TGPO_seed0", 0), ("TGPO_seed1", 1)]
+    res = C.run_compare(p, progress=False)
+    out = tmp_path / "cmp"
+    assert json.loads((out / "runs" / "TGPO_seed1" / "final" / "config.json").read_text())
+    rows = list(csv.reader((out / "table.csv").open()))
+    assert rows[0][6] == "arith avg@2 ↑" and [r[0] for r in rows[1:]] == ["GRPO_seed0", "GRPO_seed1", "TGPO_seed0",
+                                                                          "TGPO_seed1"]
+    assert all(r[2] == "" and r[3] == "" for r in rows[1:])  # no judge: no RWR / RLR
+    s = json.loads((out / "eval" / "TGPO_seed0" / "arith_avg2_summary.json").read_text())
+    assert s["samples"] == 2 and s["temperature"] == 0.6 and s["num_questions"] == 6
+    facs = [t["arith"]["fac"] for t in res["table"] if t["model"].startswith("TGPO")]
+    seeds_md = (out / "seeds.md").read_text()
+    want = f"{100 * sum(facs) / 2:.2f} ± {100 * statistics.pstdev(facs):.2f}"
+    assert f"| TGPO | 2 | {want} |" in seeds_md
+    assert (out / "dynamics.png").exists() and "| TGPO | 2 |" in (out / "dynamics.md").read_text()
+    with pytest.raises(ConfigError, match="seeds must be"):
+        cfg["seeds"] = [0, 0]
+        p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+        C.load_config(p)

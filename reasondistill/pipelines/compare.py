@@ -13,6 +13,7 @@ The config (YAML)::
       method: gkd                # (Appendix D.4); here on-policy reverse KL
       lmbda: 1.0
       beta: 1.0
+    seeds: [0, 1, 2]             # optional: every run once per seed, as NAME_seedK (seed overridden)
     runs:
       - {name: CMDP, method: cmdp}
       - {name: "GKD-GRPO λ={lmbda}", method: gkd_grpo, sweep: {lmbda: [0.001, 0.01, 0.1, 1, 10]}}
@@ -22,7 +23,9 @@ The config (YAML)::
       sample_seed: null          # null: the first `limit` rows of a benchmark file; a seed: a random `limit`
       kl_budget: 0.35
       max_new_tokens: 64
-      judge: rule                # rule | http(s)://HOST:PORT/v1 (judge_model:) | a local model
+      avg_k: 0                   # > 0: also avg@k at avg_temperature per math benchmark (the TGPO paper's)
+      avg_temperature: 0.6
+      judge: rule                # rule | none | http(s)://HOST:PORT/v1 (judge_model:) | a local model
       student: true              # add the untrained student's row
       teacher: true              # add the teacher's row
       code: humaneval            # optional, beyond math (see evaluate_tasks): HumanEval pass@1 (or a .jsonl)
@@ -54,7 +57,9 @@ benchmark); judge every pair of methods' answers in both orders; write
 - ``radar.png``: FAC, RWR, CS, RLR inverted (1 - RLR) and KL inverted (exp(-KL)), averaged over
   benchmarks (Figure 2);
 - ``pairwise_heatmap.png``: row-beats-column win rates averaged over benchmarks (Figure 4);
-- ``dynamics.png``: per-run training curves (KL per answer, task reward, gradient norm);
+- ``seeds.md`` (with ``seeds:``): every number of ``table.md`` as mean ± std over the seeds of each run;
+- ``dynamics.png`` / ``dynamics.md``: the training curves of every run (``report/dynamics.py``: reward,
+  length, gradient norm, entropy, guidance weight, clip ratio; seeds as one line with a band);
 - ``results.json``: every number above.
 """
 
@@ -89,6 +94,11 @@ class CompareEval:
     ``limit`` drawn with it (``eval --limit --sample-seed``). Also for code/choice/instruct."""
     kl_budget: float = 0.35
     """d of constraint satisfaction."""
+    avg_k: int = 0
+    """> 0: also evaluate every math benchmark with avg_k answers per question at
+    ``avg_temperature`` (avg@k; the TGPO paper's protocol), as a column ``<bench> avg@k``."""
+    avg_temperature: float = 0.6
+    """Sampling temperature of the avg@k evaluation."""
     max_new_tokens: int = 64
     """Answer length on the math benchmarks."""
     batch_size: int = 64
@@ -98,7 +108,8 @@ class CompareEval:
     data_dir: str | None = None
     """Benchmark folder (else $REASONDISTILL_DATA_DIR)."""
     judge: str = "rule"
-    """Pairwise reasoning judge of the methods: rule | http(s)://HOST:PORT/v1 (judge_model) | a local model."""
+    """Pairwise reasoning judge of the methods: rule | none (no RWR/RLR) | http(s)://HOST:PORT/v1
+    (judge_model) | a local model."""
     judge_model: str | None = None
     """With an endpoint judge: the model name at the endpoint."""
     judge_template: str | None = None
@@ -166,10 +177,14 @@ def load_config(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(data) - {"output_dir", "common", "bootstrap", "runs", "eval"}
+    unknown = set(data) - {"output_dir", "common", "bootstrap", "runs", "eval", "seeds"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: output_dir, common, bootstrap, "
-                          f"runs, eval")
+                          f"runs, eval, seeds")
+    seeds = data.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)
+                                  and len(set(seeds)) == len(seeds)):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
     boot = data.get("bootstrap")
     if boot is not None:
         if not isinstance(boot, dict) or "method" not in boot:
@@ -208,7 +223,11 @@ def load_config(path: str | Path) -> dict:
                     nm = name.format(**{key: v}) if "{" in name else f"{name} {key}={v}"
                 except (KeyError, IndexError, ValueError):
                     raise ConfigError(f"{where}: name {name!r} may only use {{{key}}}, the swept key") from None
-            runs.append({"name": nm, "method": method, "overrides": over})
+            if seeds is None:
+                runs.append({"name": nm, "method": method, "overrides": over, "base": nm})
+            else:
+                runs += [{"name": f"{nm}_seed{sd}", "method": method, "overrides": {**over, "seed": sd}, "base": nm}
+                         for sd in seeds]
     names = [r["name"] for r in runs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -226,7 +245,7 @@ def load_config(path: str | Path) -> dict:
     if typos:
         raise ConfigError(f"{path}: common keys {typos} are not a setting of any method here (a typo?)")
     return {"output_dir": data.get("output_dir", "runs/compare"), "common": data.get("common") or {},
-            "bootstrap": boot, "runs": runs, "eval": ev, "path": str(path)}
+            "bootstrap": boot, "runs": runs, "eval": ev, "path": str(path), "seeds": seeds}
 
 
 def _build_run_config(run: dict, common: dict, out_dir: Path):
@@ -305,9 +324,12 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
     teacher_path = resolve_model(cfg["common"].get("teacher", "embedded:teacher"))
     teacher, t_tok = None, None
     results: dict[str, dict[str, dict]] = {}
+    mode = cfg["common"].get("tokenizer_compat", "strict")
     for bench in ev.benchmarks:
         ecfg = ev.task_config("math", bench)
         records, _ = load_records(ecfg)
+        if ev.avg_k:
+            _evaluate_avg_k(ev, bench, models, out, results)
         for name, path in models.items():
             d = out / slug(name)
             summ = d / f"{bench}_summary.json"
@@ -325,7 +347,7 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
             shared = None
             if not is_teacher:
                 shared = assert_compatible(tok, t_tok, model.get_input_embeddings().weight.shape[0],
-                                           teacher.get_input_embeddings().weight.shape[0]).shared_vocab
+                                           teacher.get_input_embeddings().weight.shape[0], mode=mode).shared_vocab
             print(f"[compare] evaluating {name} on {bench} ({len(records)} problems)", file=sys.stderr, flush=True)
             torch.manual_seed(ev.seed)
             task = ecfg.make_task(model, tok, teacher=None if is_teacher else teacher, shared_vocab=shared)
@@ -334,6 +356,38 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
             write_results(d, rows, s, prefix=bench)
             results.setdefault(name, {})[bench] = s
     return results
+
+
+def avg_key(bench: str, k: int) -> str:
+    return f"{bench} avg@{k}"
+
+
+def _evaluate_avg_k(ev: CompareEval, bench: str, models: dict[str, str], out: Path, results: dict) -> None:
+    """avg@k of every model on ``bench``: ``avg_k`` answers per question at ``avg_temperature``
+    (no teacher KL), cached in <out>/eval/<slug>/<bench>_avg<k>_summary.json like the greedy one."""
+    import torch
+
+    from ..eval.base import evaluate_task, load_records, write_results
+    from ..models import load_model, load_tokenizer, resolve_model
+
+    ecfg = ev.task_config("math", bench, samples=ev.avg_k, temperature=ev.avg_temperature)
+    records, _ = load_records(ecfg)
+    prefix, key = f"{bench}_avg{ev.avg_k}", avg_key(bench, ev.avg_k)
+    for name, path in models.items():
+        d = out / slug(name)
+        settings = {**_eval_settings(ev, path), "avg_k": ev.avg_k, "avg_temperature": ev.avg_temperature}
+        summ = d / f"{prefix}_summary.json"
+        if summ.exists() and json.loads(summ.read_text()).get("settings") == settings:
+            results.setdefault(name, {})[key] = json.loads(summ.read_text())
+            continue
+        p = resolve_model(str(path))
+        model, tok = load_model(p), load_tokenizer(p)
+        print(f"[compare] avg@{ev.avg_k} of {name} on {bench} (T={ev.avg_temperature})", file=sys.stderr, flush=True)
+        torch.manual_seed(ev.seed)
+        rows, s = evaluate_task(ecfg.make_task(model, tok), model, tok, records, **ecfg.sampling(), benchmark=bench)
+        s.update({"model": str(path), "settings": settings})
+        write_results(d, rows, s, prefix=prefix)
+        results.setdefault(name, {})[key] = s
 
 
 TASK_COLUMNS = {"code": ("pass@1", "pass@1"), "choice": ("accuracy", "MC acc"),
@@ -349,7 +403,7 @@ def _task_label(source) -> str:
 
 
 def _instruct_judge_spec(ev: CompareEval) -> tuple[str, str | None]:
-    spec = ev.instruct_judge or (ev.judge if ev.judge != "rule" else None)
+    spec = ev.instruct_judge or (ev.judge if ev.judge not in ("rule", "none") else None)
     if not spec:
         raise ConfigError("eval.instruct needs an LLM judge: set eval.instruct_judge to an http(s)://HOST:PORT/v1 "
                           "endpoint (with instruct_judge_model) or a local model path")
@@ -447,7 +501,9 @@ def _pct(x) -> str:
 def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tuple[list[list[str]], list[dict]]:
     """Table 1's layout: one row per model, per benchmark FAC, RWR, RLR, KL (+-std), CS (in %, KL in nats)."""
     benches = cfg["eval"].benchmarks
-    header = ["Method"] + [f"{b} {m}" for b in benches for m in ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑")]
+    k = cfg["eval"].avg_k
+    per_bench = ("FAC ↑", "RWR ↑", "RLR ↓", "KL ↓", "CS ↑") + ((f"avg@{k} ↑",) if k else ())
+    header = ["Method"] + [f"{b} {m}" for b in benches for m in per_bench]
     tasks = [t for t in TASK_COLUMNS if getattr(cfg["eval"], t)]
     header += [f"{_task_label(getattr(cfg['eval'], t))} {TASK_COLUMNS[t][1]} ↑" for t in tasks]
     rows, records = [header], []
@@ -462,6 +518,9 @@ def build_table(cfg: dict, methods: list[str], evals: dict, judged: dict) -> tup
             line += [_pct(s["accuracy"]), _pct(rwr), _pct(rlr), kl, _pct(s.get("constraint_satisfaction"))]
             rec[b] = {"fac": s["accuracy"], "rwr": rwr, "rlr": rlr, "kl_mean": s.get("kl_mean"),
                       "kl_std": s.get("kl_std"), "cs": s.get("constraint_satisfaction")}
+            if k:
+                rec[b]["avg_k"] = evals[name][avg_key(b, k)]["accuracy"]
+                line.append(_pct(rec[b]["avg_k"]))
         for t in tasks:  # beyond math: pass@1, MC acc, instruct win
             key, column = TASK_COLUMNS[t]
             value = evals[name].get(TASKS_KEY, {}).get(t, {}).get(key)
@@ -483,7 +542,8 @@ def _avg(records: list[dict], benches: list[str], key: str) -> dict[str, float |
 def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> dict:
     import math
 
-    from ..report.plots import dynamics_plot, heatmap_plot, pareto_front, pareto_plot, radar_plot, read_metrics
+    from ..report.dynamics import dynamics_report
+    from ..report.plots import heatmap_plot, pareto_front, pareto_plot, radar_plot
 
     out = Path(cfg["output_dir"])
     benches = cfg["eval"].benchmarks
@@ -513,13 +573,12 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
     radar_plot(radar, axes, out / "radar.png")
     win = {i: {j: _mean_or_none([judged[b]["win"][i][j] for b in benches]) for j in methods} for i in methods}
     heatmap_plot(methods, win, out / "pairwise_heatmap.png")
-    curves = {}
-    for r in cfg["runs"]:
-        mp = out / "runs" / slug(r["name"]) / "metrics.jsonl"
-        if mp.exists():
-            curves[r["name"]] = read_metrics(mp)
-    if curves:
-        dynamics_plot(curves, ["kl/row_mean", "reward/task_mean", "grad_norm"], out / "dynamics.png")
+    run_dirs = [out / "runs" / slug(r["name"]) for r in cfg["runs"]]
+    run_dirs = [d for d in run_dirs if (d / "metrics.jsonl").exists()]
+    if run_dirs:
+        dynamics_report(run_dirs, out / "dynamics.png")
+    if cfg.get("seeds"):
+        (out / "seeds.md").write_text(seeds_table(cfg, records))
     result = {"config": cfg["path"], "table": records, "pareto_front": pareto_front(pts), "radar": radar,
               "win": win, "unparseable_verdicts": {b: judged[b]["unparseable_verdicts"] for b in benches}}
     if cfg["eval"].instruct:
@@ -527,6 +586,35 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
             n: evals[n].get(TASKS_KEY, {}).get("instruct", {}).get("unparseable_verdicts") for n in evals}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def seeds_table(cfg: dict, records: list[dict]) -> str:
+    """Markdown: per run (all its seeds) and benchmark, mean ± std over seeds of FAC, KL, CS
+    (and avg@k); the population std, 0 for one seed."""
+    import statistics
+
+    base = {r["name"]: r["base"] for r in cfg["runs"]}
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        if rec["model"] in base:
+            groups.setdefault(base[rec["model"]], []).append(rec)
+    k = cfg["eval"].avg_k
+    keys = [("fac", "FAC"), ("kl_mean", "KL"), ("cs", "CS")] + ([("avg_k", f"avg@{k}")] if k else [])
+    head = ["Method", "seeds"] + [f"{b} {label}" for b in cfg["eval"].benchmarks for _, label in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, recs in groups.items():
+        cells = [name, str(len(recs))]
+        for b in cfg["eval"].benchmarks:
+            for key, _ in keys:
+                xs = [r[b][key] for r in recs if r[b].get(key) is not None]
+                if not xs:
+                    cells.append("")
+                    continue
+                scale, fmt = (1, ".3f") if key == "kl_mean" else (100, ".2f")
+                sd = statistics.pstdev(xs) if len(xs) > 1 else 0.0
+                cells.append(f"{scale * sum(xs) / len(xs):{fmt}} ± {scale * sd:{fmt}}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMean ± std over seeds {cfg['seeds']}; FAC, CS and avg@k in %, KL in nats.\n"
 
 
 def _mean_or_none(xs):
@@ -553,8 +641,8 @@ def run_compare(path: str | Path, progress: bool = True) -> dict:
     evals = evaluate_models(cfg, models)
     evaluate_tasks(cfg, models, evals)  # code / choice / instruct, when the config names them
     methods = [r["name"] for r in cfg["runs"]]
-    judged = judge_methods(cfg, methods) if len(methods) > 1 else {
-        b: {"rwr": {}, "rlr": {}, "win": {m: {m: None} for m in methods}, "unparseable_verdicts": 0}
+    judged = judge_methods(cfg, methods) if len(methods) > 1 and cfg["eval"].judge != "none" else {
+        b: {"rwr": {}, "rlr": {}, "win": {m: {n: None for n in methods} for m in methods}, "unparseable_verdicts": 0}
         for b in cfg["eval"].benchmarks}
     result = write_report(cfg, methods, evals, judged)
     print((out / "table.md").read_text())
