@@ -125,6 +125,12 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    if args.dynamics:
+        from .report.dynamics import dynamics_report
+
+        print(dynamics_report(args.dirs, args.dynamics))
+        print(f"wrote {args.dynamics} and {os.path.splitext(args.dynamics)[0]}.md", file=sys.stderr)
+        return 0
     from .report.summaries import summary_report
 
     text = summary_report(args.dirs, output=args.output)
@@ -271,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="one Markdown table of every *_summary.json under the given folders")
     r.add_argument("dirs", nargs="+", help="folders searched recursively (eval output dirs, a compare output dir)")
     r.add_argument("--output", default=None, help="also write the table to this .md file")
+    r.add_argument("--dynamics", default=None, metavar="PNG",
+                   help="instead: the dirs are training runs; draw their training dynamics side by side (reward, "
+                        "length, gradient norm, entropy, guidance weight, clip ratio; NAME_seedK folders grouped) "
+                        "to PNG, with a table in PNG's .md")
     r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("compare", help="train several methods on one setup, evaluate, judge, and write the "
@@ -288,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: fine-tune the shipped teacher into a scenario teacher (embedded:teacher-flawed, "
                         "embedded:teacher-cross) where imitating the teacher is not solving the task")
     k.set_defaults(func=_cmd_task)
+    from .pipelines import api_commands, teacher_traces
+
+    teacher_traces.add_parser(sub)
+    api_commands.register(sub)  # bank, generate, judge, filter (the API-teacher pipeline)
     return p
 
 

@@ -1,113 +1,40 @@
 """ChatClient and the local OpenAI-compatible server, over real HTTP on 127.0.0.1.
 
 Two kinds of servers are started here: the real ``reasondistill.api.serve`` server with the
-embedded teacher, and a tiny scripted stdlib server that answers with a queue of canned
-responses (429, 500, slow, malformed, 401, ...) to exercise the retry policy.
+embedded teacher, and a tiny scripted stdlib server (``tests/fault_server.py``) that answers with
+a queue of canned responses (429, 500, slow, malformed, 401, ...) to exercise the retry policy.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fault_server import ScriptedServer, ok_body, step
 from reasondistill.api.client import APIError, ChatClient
 
 QUESTION = [{"role": "user", "content": "What is 1+2+3+4?"}]
 
 
-# --------------------------------------------------------------------------------------
-# a scripted fault-injection server
-# --------------------------------------------------------------------------------------
-def ok_body(content: str = "hello") -> str:
-    return json.dumps({"id": "x", "object": "chat.completion", "model": "m",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                    "finish_reason": "stop"}]})
-
-
-def step(status=200, body=None, headers=None, delay=0.0):
-    """One scripted response."""
-    return (status, ok_body() if body is None else body, headers or {}, delay)
-
-
-class _ScriptedHandler(BaseHTTPRequestHandler):
-    server: "ScriptedServer"
-
-    def do_POST(self):  # noqa: N802
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        srv = self.server
-        with srv.lock:
-            srv.seen.append({"t": time.monotonic(), "path": self.path, "headers": dict(self.headers), "body": raw})
-            if srv.respond is not None:
-                plan = srv.respond(json.loads(raw))
-            else:
-                plan = srv.script.popleft() if srv.script else srv.default
-            srv.in_flight += 1
-            srv.peak = max(srv.peak, srv.in_flight)
-        status, body, headers, delay = plan
-        try:
-            if delay:
-                time.sleep(delay)
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out and left
-        finally:
-            with srv.lock:
-                srv.in_flight -= 1
-
-    do_GET = do_POST
-
-    def log_message(self, *args):
-        pass
-
-
-class ScriptedServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, script, default, respond):
-        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
-        self.script, self.default, self.respond = deque(script), default, respond
-        self.lock = threading.Lock()
-        self.seen: list[dict] = []
-        self.in_flight = self.peak = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def handle_error(self, request, client_address):
-        pass
-
-
+# the scripted fault-injection server lives in tests/fault_server.py (shared with test_api_pipeline)
 @pytest.fixture
 def scripted():
     """``scripted(*steps, default=step(), respond=None) -> ScriptedServer`` (serving)."""
     servers = []
 
     def make(*script, default=None, respond=None):
-        srv = ScriptedServer(script, default or step(), respond)
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        srv = ScriptedServer(script, default or step(), respond).start()
         servers.append(srv)
         return srv
 
     yield make
     for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
 
 
 class RecordingSleep:
