@@ -81,7 +81,7 @@ def _eval_config_class(name: str):
         from .eval.pairwise import PairwiseConfig
 
         return PairwiseConfig
-    from .eval.base import eval_config_class
+    from .eval.tasks import eval_config_class
 
     return eval_config_class(name)
 

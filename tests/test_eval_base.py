@@ -12,7 +12,8 @@ import pytest
 
 from reasondistill.cli import build_parser, main
 from reasondistill.config import ConfigError, build_config, field_doc
-from reasondistill.eval.base import EvalConfig, Task, chat_messages, eval_config_class, evaluate_task, load_records
+from reasondistill.eval.base import EvalConfig, Task, chat_messages, evaluate_task, load_records
+from reasondistill.eval.tasks import eval_config_class
 
 
 class Echo(Task):

@@ -1,7 +1,7 @@
 """The one task interface of every evaluation, the one per-row loop that runs it, and the one
 ``EvalConfig`` that ``reasondistill eval`` and ``reasondistill compare`` build it from.
 
-A :class:`Task` (math, code, choice, instruct: ``eval_config_class(name).task``) says, in the
+A :class:`Task` (math, code, choice, instruct: ``eval.tasks.eval_config_class(name).task``) says, in the
 spirit of nanochat's ``tasks/common.py`` and lm-evaluation-harness's ``Task``:
 
 - ``load(source, data_dir, first)``: its records, from a benchmark name or a file;
@@ -45,7 +45,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["EvalConfig", "Task", "chat_messages", "eval_config_class", "evaluate_task", "generate_batches",
+__all__ = ["EvalConfig", "Task", "chat_messages", "evaluate_task", "generate_batches",
            "length_stats", "load_eval_model", "load_records", "run_eval", "write_results", "EVAL_TASKS"]
 
 EVAL_TASKS = ("math", "code", "choice", "instruct")
@@ -397,21 +397,6 @@ class EvalConfig:
 
     def model_label(self) -> str:
         return self.model or f"{self.api_model} at {self.base_url}"
-
-
-def eval_config_class(task: str) -> type[EvalConfig]:
-    """The config class of ``task`` (math, code, choice, instruct)."""
-    if task == "math":
-        from .math_eval import MathEvalConfig as cls
-    elif task == "code":
-        from .code_eval import CodeEvalConfig as cls
-    elif task == "choice":
-        from .choice_eval import ChoiceEvalConfig as cls
-    elif task == "instruct":
-        from .instruct_eval import InstructEvalConfig as cls
-    else:
-        raise ValueError(f"unknown evaluation task {task!r}; valid: {', '.join(EVAL_TASKS)}")
-    return cls
 
 
 def load_records(cfg: EvalConfig) -> tuple[list[dict], dict]:

@@ -144,7 +144,7 @@ class CompareEval:
         (math: ``limit`` and ``max_new_tokens``; the others: ``<task>_limit`` and
         ``task_max_new_tokens``), greedy except instruct (the paper's sampling)."""
         from ..config import build_config
-        from ..eval.base import eval_config_class
+        from ..eval.tasks import eval_config_class
 
         cls = eval_config_class(task)
         limit = self.limit if task == "math" else getattr(self, f"{task}_limit")
