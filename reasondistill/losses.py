@@ -872,3 +872,103 @@ def chunked_sampled_token_logprobs(
     V = lm_head_weight.shape[0]
     vals = _ChunkedHead.apply(hidden.reshape(B * T, H), lm_head_weight, idx, V, chunk_size, fn)
     return _scatter_rows(vals, idx, B, T)
+
+
+# ----------------------------------------------------------------------------------------
+# VCRD (validity_calibrated_distillation.md) and its ABKD baseline
+# ----------------------------------------------------------------------------------------
+
+VCRD_WEIGHTINGS = ("ratio", "student_only", "difference")
+VCRD_AMPLIFICATION = ("keep", "cap", "uniform")
+
+
+def alpha_beta_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token alpha-beta divergence D_AB(p || q) of ABKD (Wang et al., ICML 2025), p teacher,
+    q student, both ``softmax(logits / temperature)``: ``[..., V] -> [...]``.
+
+    For alpha, beta, alpha + beta all nonzero::
+
+        D = -1 / (alpha beta) * sum_i [ p_i^a q_i^b - a/(a+b) p_i^(a+b) - b/(a+b) q_i^(a+b) ]
+
+    and the continuous limits elsewhere (Cichocki et al. 2011's AB-divergence):
+    beta = 0: ``1/a^2 sum [p^a log(p^a / q^a) - p^a + q^a]`` (alpha = 1, beta = 0 is forward
+    KL(p || q)); alpha = 0: ``1/b^2 sum [q^b log(q^b / p^b) - q^b + p^b]`` (alpha = 0, beta = 1 is
+    reverse KL(q || p)); alpha = -beta != 0: ``1/a^2 sum [log(q^a / p^a) + (q^a / p^a)^-1 - 1]``;
+    alpha = beta = 0: ``1/2 sum (log p - log q)^2``. Powers are computed as ``exp(a log p)``.
+    """
+    _check_pair(student_logits, teacher_logits)
+    logp = _log_probs(teacher_logits, temperature)  # (..., V)
+    logq = _log_probs(student_logits, temperature)  # (..., V)
+    a, b = float(alpha), float(beta)
+    if a == 0.0 and b == 0.0:
+        return 0.5 * ((logp - logq) ** 2).sum(-1)
+    if b == 0.0:
+        pa = torch.exp(a * logp)
+        return (pa * (a * logp - a * logq) - pa + torch.exp(a * logq)).sum(-1) / (a * a)
+    if a == 0.0:
+        qb = torch.exp(b * logq)
+        return (qb * (b * logq - b * logp) - qb + torch.exp(b * logp)).sum(-1) / (b * b)
+    if a + b == 0.0:
+        d = a * (logq - logp)  # log(q^a / p^a)
+        return (d + torch.exp(-d) - 1.0).sum(-1) / (a * a)
+    s = a + b
+    cross = torch.exp(a * logp + b * logq)
+    return -(cross - a / s * torch.exp(s * logp) - b / s * torch.exp(s * logq)).sum(-1) / (a * b)
+
+
+def vcrd_weights(
+    r_student: torch.Tensor,
+    r_teacher: torch.Tensor,
+    weighting: str = "ratio",
+    amplification: str = "keep",
+    clip: float | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """VCRD token weights from the judge's scores of the student's and the teacher's token under
+    one prefix (eq. 1 and its ablations), elementwise; detach before use (stop-gradient).
+
+    ``weighting``: ``ratio`` = ``validity_ratio(r_s, r_t, eps)`` (eq. 1); ``student_only`` =
+    r_s (Table 10's LV-Joint-r_s); ``difference`` = r_s - r_t (Table 10's LV-Joint-(r_s - r_t);
+    negative where the teacher's token scores higher, which reverses that token's update: the
+    paper states the rule without a floor, so none is applied). ``amplification`` (Figure 3):
+    ``keep`` the weights as they are; ``cap`` = min(w, 1) (attenuation kept, amplification
+    removed); ``uniform`` = 1 everywhere ("clamping all validity-based weights to 1, thereby
+    enforcing uniform update strength", §4.4's words, numerically Table 5's constant rows).
+    ``clip``: an optional upper bound on w (the paper caps nothing; None = off).
+    """
+    if weighting not in VCRD_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VCRD_WEIGHTINGS}, got {weighting!r}")
+    if amplification not in VCRD_AMPLIFICATION:
+        raise ValueError(f"amplification must be one of {VCRD_AMPLIFICATION}, got {amplification!r}")
+    if weighting == "ratio":
+        w = validity_ratio(r_student, r_teacher, eps)
+    elif weighting == "student_only":
+        w = r_student.clone()
+    else:
+        w = r_student - r_teacher
+    if amplification == "cap":
+        w = w.clamp(max=1.0)
+    elif amplification == "uniform":
+        w = torch.ones_like(w)
+    if clip is not None:
+        w = w.clamp(max=clip)
+    return w
+
+
+def regime_shares(w: torch.Tensor, mask: torch.Tensor, band: float = 0.05) -> dict[str, tuple[float, float]]:
+    """VCRD's three regimes (§2.2) as ``(count, counted tokens)`` pairs over ``mask``:
+    ``attenuation`` w < 1 - band, ``parity`` |w - 1| <= band, ``amplification`` w > 1 + band."""
+    m = mask.bool()
+    n = float(m.sum())
+    return {"attenuation": (float(((w < 1.0 - band) & m).sum()), n),
+            "parity": (float((((w - 1.0).abs() <= band) & m).sum()), n),
+            "amplification": (float(((w > 1.0 + band) & m).sum()), n)}
+
+
+__all__ += ["alpha_beta_divergence", "vcrd_weights", "regime_shares"]

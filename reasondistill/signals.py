@@ -186,6 +186,8 @@ class TokenPass:
         through ``losses._project``."""
         tokens = self._tokens(tokens)  # (N, C)
         dist = (lambda side_, z: z) if raw else self._log_dist
+        if side == "student":  # the student's forward is cached for the differentiable quantities too: run it
+            self._student_out()  # outside no_grad, or a later student_logp/divergence would get no gradient
         with torch.no_grad():
             if not self.chunk_size:
                 if side == "teacher":

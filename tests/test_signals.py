@@ -348,3 +348,18 @@ def test_mean_kl_per_row(models, chunk):
         assert got[3] == 0 and (got[:3] > 0).all() and not got.requires_grad
         _close(_kl_per_row(s, t, b, shared, max_logit_elems=1), want)  # one row at a time
         _close(_kl_per_row(s, t, b, shared), want)
+
+
+def test_a_student_quantity_asked_first_does_not_take_the_gradient_away(tokenizer, make_model):
+    """student_argmax / student_entropy run without grad; asked before student_logp or a
+    divergence, they must not leave a no-grad forward in the cache (the loss would not train)."""
+    from reasondistill.rollout import encode_pairs
+    from reasondistill.signals import TokenPass
+
+    s = make_model(len(tokenizer), seed=0, hidden_size=32, num_hidden_layers=1)
+    t = make_model(len(tokenizer), seed=1, hidden_size=32, num_hidden_layers=1).requires_grad_(False)
+    batch = encode_pairs(tokenizer, ["<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n"], ["3"], 32, 8)
+    for first in ("student_argmax", "student_entropy"):
+        p = TokenPass(batch, s, t)
+        getattr(p, first)()
+        assert p.student_logp().requires_grad and p.divergence("reverse_kl").requires_grad, first
