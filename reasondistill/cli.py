@@ -298,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: fine-tune the shipped teacher into a scenario teacher (embedded:teacher-flawed, "
                         "embedded:teacher-cross) where imitating the teacher is not solving the task")
     k.set_defaults(func=_cmd_task)
-    from .pipelines import api_commands, prepare, teacher_traces
+    from .pipelines import api_commands, api_pipeline, prepare, teacher_traces
 
     teacher_traces.add_parser(sub)
     prepare.add_parser(sub)  # the offline rollouts of vcrd, distillm2, seqkd
     api_commands.register(sub)  # bank, generate, judge, filter (the API-teacher pipeline)
+    api_pipeline.add_parser(sub)  # reasondistill pipeline CONFIG.yaml: every stage, resumable
     return p
 
 

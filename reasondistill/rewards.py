@@ -49,7 +49,11 @@ than ``MAX_MATH_VERIFY_CHARS``, numeric power towers, exponents of 6+ digits, fa
 5+ digit numbers. Both guards are best effort, but they keep reward workers from hanging.
 
 Rewards: ``format_reward(text)`` and the TRL-style ``accuracy_reward(completions, answer,
-**kwargs)`` / ``format_rewards(completions, **kwargs)``; see their docstrings.
+**kwargs)`` / ``format_rewards(completions, **kwargs)``; see their docstrings. The pipeline
+paper's hybrid reward (sft_then_grpo_api_teachers.md §3.4) is ``hybrid_rewards``: the
+``<think>`` / ``<answer>`` tag format score (``tag_format_reward``), correctness by the local
+rules with a third answer, undecided (``local_check``), and the Box 5 LLM judge
+(``api.answer_judge.AnswerJudge``) asked only for the undecided answers.
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ __all__ = [
     "accuracy_reward",
     "format_rewards",
     "completion_text",
+    "tag_format_reward",
+    "tagged_answer",
+    "local_check",
+    "hybrid_rewards",
+    "parse_binary_verdict",
 ]
 
 MATH_VERIFY_TIMEOUT_S = 3
@@ -677,3 +686,114 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[Any], **kwargs:
 def format_rewards(completions: Iterable[Any], **kwargs: Any) -> list[float]:
     """TRL reward function applying ``format_reward`` to each completion."""
     return [format_reward(completion_text(c)) for c in completions]
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline paper's hybrid reward (sft_then_grpo_api_teachers.md §3.4, Box 5)
+# --------------------------------------------------------------------------------------------
+_THINK_PAIR_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_ANSWER_PAIR_RE = re.compile(r"<answer>.*?</answer>", re.DOTALL | re.IGNORECASE)
+_THINK_ANY_RE = re.compile(r"</?think>", re.IGNORECASE)
+_ANSWER_ANY_RE = re.compile(r"</?answer>", re.IGNORECASE)
+TAG_FORMAT_MODES = ("pair", "any")
+
+
+def tag_format_reward(text: Any, mode: str = "pair") -> float:
+    """The paper's format score: 1.0 when the output has both the ``<think>`` and the ``<answer>``
+    tags, 0.5 when it has one of them, 0.0 when neither (§3.4, "Output Format Compliance").
+
+    "Includes the tag" reads two ways; ``mode`` chooses: ``pair`` (default) counts a tag only
+    as an opening tag followed later by its closing tag (``<think>...</think>``, as Box 4 asks);
+    ``any`` counts an opening or a closing tag alone (the most lenient reading)."""
+    if mode not in TAG_FORMAT_MODES:
+        raise ValueError(f"tag format mode must be one of {', '.join(TAG_FORMAT_MODES)}, got {mode!r}")
+    text = completion_text(text)
+    think, answer = (_THINK_PAIR_RE, _ANSWER_PAIR_RE) if mode == "pair" else (_THINK_ANY_RE, _ANSWER_ANY_RE)
+    return 0.5 * (think.search(text) is not None) + 0.5 * (answer.search(text) is not None)
+
+
+def tagged_answer(text: Any) -> str | None:
+    """The answer the hybrid reward grades: the content of the last ``<answer>...</answer>``
+    pair (reduced to its ``\\boxed{}`` / ``#### N`` answer if it holds one), else, for an output
+    without answer tags, :func:`extract_answer` of the whole text (so correctness and format
+    are scored apart, as the paper's two criteria are). None when nothing is found."""
+    text = completion_text(text)
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags:
+        inner = tags[-1].strip()
+        reduced = extract_answer(inner) if ("\\boxed" in inner or "\\fbox" in inner or "####" in inner) else None
+        return (reduced or inner) or None
+    return extract_answer(text)
+
+
+UNDECIDED = None
+"""What :func:`local_check` returns when the local rules cannot decide."""
+
+
+def local_check(pred: str | None, gold: Any) -> bool | None:
+    """The paper's local evaluator with a third answer: True (the rules of :func:`answers_match`
+    find a match), False (no answer at all, or the rules decide a mismatch: both sides plain
+    numbers, or a multiple-choice gold letter), else ``UNDECIDED`` (None): symbolic or textual
+    answers that differ as written (units, forms math-verify cannot read), where the Box 5
+    judge is asked."""
+    try:
+        if pred is None or not str(pred).strip():
+            return False
+        golds = _gold_strings(gold)
+        if not golds:
+            return False
+        decided_false = True
+        for g in golds:
+            if answers_match(pred, g):
+                return True
+            ng = normalize_answer(g)
+            numeric = _to_number(pred) is not None and _to_number(g) is not None
+            if not (numeric or _choice_letter(ng) is not None):
+                decided_false = False
+        return False if decided_false else UNDECIDED
+    except Exception:  # noqa: BLE001 - a grader must never take a training run down
+        return UNDECIDED
+
+
+def parse_binary_verdict(text: str | None) -> int | None:
+    """Box 5's reply "1" or "0": strict (the whole reply, stripped of quotes and a final period),
+    else the last standalone 0/1 in the reply; None when there is none."""
+    if text is None:
+        return None
+    t = text.strip().strip("\"'`").rstrip(".").strip()
+    if t in ("0", "1"):
+        return int(t)
+    hits = re.findall(r"(?<![\d.])([01])(?!\d|\.\d)", text)
+    return int(hits[-1]) if hits else None
+
+
+def hybrid_rewards(completions: Sequence[Any], answers: Sequence[Any], questions: Sequence[str], judge=None, *,
+                   correctness_weight: float = 0.8, format_weight: float = 0.2,
+                   format_mode: str = "pair") -> tuple[list[float], dict]:
+    """The paper's reward, ``correctness_weight`` x correctness + ``format_weight`` x
+    :func:`tag_format_reward` (§3.4: 0.8 and 0.2). Correctness is :func:`local_check` on
+    :func:`tagged_answer`; only the undecided answers go to ``judge`` (an ``api.answer_judge.AnswerJudge``,
+    or any object with ``judge(items) -> list[int | None]``), in one batch. Without a judge, or
+    when the judge fails, an undecided answer scores 0 (counted in ``judge_failed``).
+
+    Returns the rewards and the counts ``{"correct", "format", "undecided", "judged_correct",
+    "judge_failed"}`` (means over the completions for the first two)."""
+    if not len(completions) == len(answers) == len(questions):
+        raise ValueError(f"{len(completions)} completions, {len(answers)} answers, {len(questions)} questions")
+    texts = [completion_text(c) for c in completions]
+    preds = [tagged_answer(t) for t in texts]
+    correct = [local_check(p, a) for p, a in zip(preds, answers)]
+    undecided = [i for i, c in enumerate(correct) if c is UNDECIDED]
+    failed = 0
+    if undecided:
+        verdicts = judge.judge([(questions[i], answers[i], preds[i]) for i in undecided]) if judge is not None \
+            else [None] * len(undecided)
+        for i, v in zip(undecided, verdicts):
+            failed += v is None
+            correct[i] = bool(v)
+    fmt = [tag_format_reward(t, format_mode) for t in texts]
+    score = [float(c) for c in correct]
+    rewards = [correctness_weight * c + format_weight * f for c, f in zip(score, fmt)]
+    n = max(1, len(texts))
+    return rewards, {"correct": sum(score) / n, "format": sum(fmt) / n, "undecided": len(undecided),
+                     "judged_correct": sum(int(correct[i]) for i in undecided), "judge_failed": failed}

@@ -3,7 +3,9 @@ on-policy stack (``onpolicy.py``): GRPO is the reward builder "the task reward a
 
 Per generation batch each prompt is answered ``num_generations`` times by the current student;
 every answer gets a scalar reward (1 if the boxed answer is correct; ``format_weight``
-optionally adds the format reward); advantages are the rewards minus their group mean,
+optionally adds the format reward; ``reward=hybrid`` is the pipeline paper's 0.8 correctness +
+0.2 tag format, the Box 5 judge asked only for answers the local check leaves undecided,
+logged as ``reward/correct_mean``, ``reward/format_mean``, ``reward/undecided_share``); advantages are the rewards minus their group mean,
 divided by the group std (``scale_rewards=group``), the batch std (``batch``) or nothing
 (``none``, Dr. GRPO). The clipped surrogate with ratio exp(logp - logp_old) is aggregated by
 ``loss_type``: ``grpo`` (per-sequence token mean, then mean over sequences), ``dapo`` (sum over
@@ -16,6 +18,8 @@ sampling temperature also divides the logits in the loss. Rows cut at
 ``gkd_grpo lmbda=0`` is this method on the same machinery (tested: the same loss).
 
     reasondistill train grpo num_generations=8 learning_rate=5e-5 loss_type=dapo
+    reasondistill train grpo student=runs/sft/final use_peft=true beta=0.1 reward=hybrid correctness_weight=0.8 \
+        format_weight=0.2 judge_base_url=http://127.0.0.1:8000/v1 judge_model=NAME   # sft_then_grpo_api_teachers.md
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ class Config(OnPolicyConfig):
 
 
 def token_rewards(ctx, micro, out: dict, mask: torch.Tensor):
-    return at_last_token(micro.extras["task_reward"], mask), {}
+    parts = micro.extras.get("reward_parts") or {}  # reward=hybrid: its two criteria and the judge's share
+    n = max(1, int(mask.shape[0]))
+    metrics = {"reward/correct_mean": parts["correct"], "reward/format_mean": parts["format"],
+               "reward/undecided_share": (parts["undecided"], n), "reward/judge_failed_share": (parts["judge_failed"], n)} \
+        if parts else {}
+    return at_last_token(micro.extras["task_reward"], mask), metrics
 
 
 def loss(ctx, micro, totals: dict):

@@ -9,7 +9,8 @@ extra term). Per generation batch, identically for every method:
 
 1. ``prepare`` (no grad): ``per_device_train_batch_size`` prompts, each answered
    ``num_generations`` times by the current student; every answer graded (1 if the boxed
-   answer is correct, else 0; Appendix D.2; plus ``format_weight`` x the format reward).
+   answer is correct, else 0; Appendix D.2; plus ``format_weight`` x the format reward), or with
+   ``reward=hybrid`` by the pipeline paper's hybrid reward (local check, Box 5 judge when undecided).
 2. ``rl_loss``: one student forward (with grad) and, for a method with a teacher, one teacher
    forward (no grad) through ``ctx.signals`` give at every generated token the sampled token's
    log-prob and the step cost C_t = KL(pi_theta(.|s_t) || mu(.|s_t)) over the shared
@@ -48,7 +49,8 @@ import torch
 
 from .. import losses
 from ..config import ConfigError, TrainConfig
-from ..rewards import accuracy_reward, format_reward
+from ..api.answer_judge import AnswerJudge
+from ..rewards import accuracy_reward, format_reward, hybrid_rewards
 from ..rollout import generate
 from .base import Max, Micro
 
@@ -82,8 +84,42 @@ class OnPolicyConfig(TrainConfig):
     only for rewards known before the loss: grpo) or not at all (none, Dr. GRPO)."""
     beta: float = 0.0
     """Weight of the k3 KL to the initial student, the model as training started (0: no reference kept)."""
+    reward: str = "accuracy"
+    """The task reward of ``prepare``: ``accuracy`` (default): correctness_weight x (1 if the
+    boxed answer is correct) + format_weight x ``rewards.format_reward`` (one boxed answer after
+    the reasoning); ``hybrid``: the pipeline paper's reward (sft_then_grpo_api_teachers.md §3.4,
+    ``rewards.hybrid_rewards``): correctness by the local rules, the Box 5 judge
+    (``judge_base_url`` / ``judge_model``) asked only when they cannot decide, plus
+    format_weight x the ``<think>`` / ``<answer>`` tag score 1.0 / 0.5 / 0.0 (paper: 0.8 and 0.2)."""
+    correctness_weight: float = 1.0
+    """Weight of the correctness reward (the paper's hybrid reward: 0.8)."""
     format_weight: float = 0.0
-    """Weight of the format reward added to the correctness reward."""
+    """Weight of the format reward added to the correctness reward (the paper's hybrid reward: 0.2)."""
+    tag_format_mode: str = "pair"
+    """reward=hybrid: a tag counts as present when its pair ``<think>...</think>`` is (``pair``) or
+    when either of its tags is (``any``); the paper's "includes the tag" reads both ways."""
+    judge_base_url: str | None = None
+    """reward=hybrid: the Box 5 judge's OpenAI-compatible API root (none: undecided answers score 0)."""
+    judge_model: str | None = None
+    """reward=hybrid: the judge's model id (the paper: Gemini 2.5 Pro)."""
+    judge_template: str | None = None
+    """reward=hybrid: a judge prompt file with {question}, {ref}, {pred_ans} (default: Box 5,
+    templates/pipeline_answer_judge.txt)."""
+    judge_api_key_env: str | None = "OPENAI_API_KEY"
+    """reward=hybrid: environment variable holding the judge's key (never logged)."""
+    judge_concurrency: int = 4
+    """reward=hybrid: judge requests in flight at most (one batch per generation batch)."""
+    judge_rpm: float | None = None
+    """reward=hybrid: at most this many judge requests per minute."""
+    judge_tpm: float | None = None
+    """reward=hybrid: at most this many judge tokens per minute."""
+    judge_timeout: float = 120.0
+    """reward=hybrid: seconds per judge attempt."""
+    judge_max_retries: int = 3
+    """reward=hybrid: retries per judge request (the openai SDK's backoff)."""
+    judge_cache: str | None = "judge_cache.jsonl"
+    """reward=hybrid: verdict cache by content, a JSONL file (relative: inside output_dir), so a
+    resumed run never pays twice; none: in memory only."""
     advantage: str = "sequence"
     """``sequence`` (default): each row's summed reward -> group advantages; ``process``: per-token
     rewards normalised over the group's counted tokens, advantage = reward-to-go (see cmdp.py for
@@ -120,6 +156,12 @@ class OnPolicyConfig(TrainConfig):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.reward not in ("accuracy", "hybrid"):
+            raise ConfigError(f"reward must be accuracy or hybrid, got {self.reward!r}")
+        if self.tag_format_mode not in ("pair", "any"):
+            raise ConfigError(f"tag_format_mode must be pair or any, got {self.tag_format_mode!r}")
+        if bool(self.judge_base_url) != bool(self.judge_model):
+            raise ConfigError("judge_base_url and judge_model go together (reward=hybrid's Box 5 judge)")
         if self.bootstrap_steps % self.num_iterations:
             raise ConfigError(f"bootstrap_steps={self.bootstrap_steps} must be a multiple of num_iterations="
                               f"{self.num_iterations}: the first policy-gradient update of a generation batch "
@@ -136,11 +178,40 @@ def prepare(ctx, examples: list[dict]) -> Micro:
                     num_generations=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=ctx.generator)
     texts = roll.texts(ctx.tokenizer)
-    answers = [examples[i]["answer"] for i in roll.group_index.tolist()]
-    task = torch.tensor(accuracy_reward(texts, answer=answers), dtype=torch.float32)  # (N,)
+    rows = [examples[i] for i in roll.group_index.tolist()]
+    answers = [r["answer"] for r in rows]
+    if cfg.reward == "hybrid":  # the judge sees the problem itself, not the prompt around it ("problem" when given)
+        scores, parts = hybrid_rewards(texts, answers, [r.get("problem") or r["question"] for r in rows],
+                                       answer_judge(ctx), correctness_weight=cfg.correctness_weight,
+                                       format_weight=cfg.format_weight, format_mode=cfg.tag_format_mode)
+        return Micro.of(roll, task_reward=torch.tensor(scores, dtype=torch.float32), reward_parts=parts)
+    task = cfg.correctness_weight * torch.tensor(accuracy_reward(texts, answer=answers), dtype=torch.float32)  # (N,)
     if cfg.format_weight:
         task = task + cfg.format_weight * torch.tensor([format_reward(t) for t in texts], dtype=torch.float32)
     return Micro.of(roll, task_reward=task)
+
+
+def answer_judge(ctx):
+    """reward=hybrid: the run's one Box 5 judge (``api.answer_judge.AnswerJudge``), made on first use, or
+    None without ``judge_base_url``."""
+    cfg = ctx.cfg
+    if not cfg.judge_base_url:
+        return None
+    if "answer_judge" not in ctx.extras:
+        from pathlib import Path
+
+        from ..models import resolve_prompt_template
+
+        cache = cfg.judge_cache
+        if cache and not Path(cache).is_absolute():
+            cache = str(Path(cfg.output_dir) / cache)
+        template = resolve_prompt_template(cfg.judge_template) if cfg.judge_template else None
+        ctx.extras["answer_judge"] = AnswerJudge(
+            cfg.judge_base_url, cfg.judge_model, template=template, api_key_env=cfg.judge_api_key_env,
+            concurrency=cfg.judge_concurrency, rpm=cfg.judge_rpm, tpm=cfg.judge_tpm, timeout=cfg.judge_timeout,
+            max_retries=cfg.judge_max_retries, cache_path=cache if ctx.accelerator.is_main_process or not cache
+            else f"{cache}.{ctx.accelerator.process_index}")
+    return ctx.extras["answer_judge"]
 
 
 def finalize_step(ctx, micros: list[Micro]) -> None:
