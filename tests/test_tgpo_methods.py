@@ -405,3 +405,24 @@ def test_paper_config_loads():
     assert cfg.prompt_template == TGPO_PROMPT_TEMPLATE and cfg.tokenizer_compat == "shared_ids"
     assert parse_config_overrides(cfg.student_config_overrides) == {"rope_theta": 40000,
                                                                    "max_position_embeddings": 16384}
+
+
+def test_teacher_traces_keep_verified_answers_only(tmp_path, tiny_models):
+    """The shipped teacher's verified answers are written (question, answer, solution) and the
+    file is the SFT/LUFFY data; a random tiny teacher answers nothing right, so nothing is kept."""
+    from reasondistill.pipelines.teacher_traces import write_teacher_traces
+    from reasondistill.rewards import accuracy_reward
+
+    out = tmp_path / "traces.jsonl"
+    counts = write_teacher_traces("embedded:teacher", "arith:size=12", out, max_new_tokens=64, progress=False)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert counts["questions"] == 12 and counts["kept"] == len(rows) >= 10 and counts["dropped"] == 12 - len(rows)
+    assert accuracy_reward([r["solution"] for r in rows], answer=[r["answer"] for r in rows]) == [1.0] * len(rows)
+    assert not (tmp_path / "traces.jsonl.partial").exists()
+    cfg = build_config(get_method("sft").Config, overrides=dict(dataset=str(out), teacher="none"))
+    from reasondistill.data.train import load_records
+
+    assert [r["solution"] for r in load_records(cfg.dataset, cfg)] == [r["solution"] for r in rows]
+    bad = write_teacher_traces(str(tiny_models / "teacher"), "arith:size=4", tmp_path / "none.jsonl",
+                               max_new_tokens=8, progress=False)
+    assert bad["kept"] == 0 and (tmp_path / "none.jsonl").read_text() == ""
