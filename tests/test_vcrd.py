@@ -323,3 +323,64 @@ def test_configs_load():
     assert build_config(get_method("distillm2").Config).weights == "constant"
     with pytest.raises(Exception, match="proposal"):
         build_config(vcrd.Config, overrides={"proposal": "beam"})
+
+
+def test_ratio_histogram_bins_by_hand():
+    r_s = torch.tensor([[0.0, 0.5, 1.0, 0.2, 0.0, 0.9]])
+    r_t = torch.tensor([[0.0, 0.5, 0.0, 0.4, 0.3, 0.9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    h = vcrd.ratio_histogram(r_s, r_t, mask)
+    assert len(h) == len(vcrd.RATIO_EDGES) + 1 and all(n == 5.0 for _, n in h)
+    got = {k: c for k, (c, _) in enumerate(h) if c}
+    # 0/0 and 0.5/0.5 -> [1, 10^0.25) (bin 13); 1/0 -> overflow (25); 0.2/0.4 -> [10^-0.5, 10^-0.25) (11);
+    # 0/0.3 -> underflow (0); the masked token is not counted
+    assert got == {13: 2.0, 25: 1.0, 11: 1.0, 0: 1.0}
+    ge1 = sum(c for k, (c, _) in enumerate(h) if k >= 1 and vcrd.RATIO_EDGES[k - 1] >= 0)
+    assert ge1 == float(((r_s >= r_t) & mask.bool()).sum())
+
+
+def test_compare_writes_regimes_and_figure_1(tiny_models, tmp_path):
+    from reasondistill.pipelines import compare
+
+    out = tmp_path / "cmp"
+    runs = [{"name": "VCRD", "method": "vcrd", "overrides": {}, "base": "VCRD"},
+            {"name": "VCRD cap", "method": "vcrd", "overrides": {}, "base": "VCRD cap"},
+            {"name": "DistiLLM-2", "method": "distillm2", "overrides": {}, "base": "DistiLLM-2"},
+            {"name": "KD", "method": "kd", "overrides": {}, "base": "KD"}]
+    _train("vcrd", tiny_models, out / "runs" / "VCRD", judge="arith")
+    _train("vcrd", tiny_models, out / "runs" / "VCRD_cap", judge="arith", amplification="cap")
+    _train("distillm2", tiny_models, out / "runs" / "DistiLLM-2")
+    got = compare.vcrd_report({"output_dir": str(out), "runs": runs})
+    assert set(got["regimes"]) == {"VCRD", "VCRD cap"}  # distillm2 runs no judge, kd is no vcrd preset
+    assert got["regimes"]["VCRD cap"]["teacher"]["amplification"] == 0.0
+    for name, per in got["regimes"].items():
+        for kind, v in per.items():
+            assert v["attenuation"] + v["parity"] + v["amplification"] == pytest.approx(1.0)
+            hist = got["ratio_hist"][name][kind]
+            assert sum(hist) == pytest.approx(1.0)
+            upper = sum(f for k, f in enumerate(hist) if k >= 1 and vcrd.RATIO_EDGES[k - 1] >= 0)
+            assert upper == pytest.approx(v["ratio_ge1"])  # the bins at and above 1 are the logged share
+    assert (out / "ratio_hist.png").stat().st_size > 0
+    table = (out / "vcrd_regimes.md").read_text()
+    assert "| VCRD cap |" in table and "band = 0.05" in table
+    assert compare.vcrd_report({"output_dir": str(out), "runs": runs[3:]}) == {}
+
+
+def test_compare_embedded_config_loads(tmp_path):
+    from reasondistill.pipelines import compare
+
+    cfg = compare.load_config(Path(__file__).parent.parent / "configs" / "vcrd_compare_embedded.yaml")
+    assert cfg["seeds"] == [0, 1, 2] and cfg["bootstrap"]["method"] == "sft"
+    methods = {r["method"] for r in cfg["runs"]}
+    assert {"vcrd", "distillm2", "kd", "seqkd", "gkd", "distillm", "abkd"} <= methods
+    assert len(cfg["runs"]) == 3 * 16
+    # every run builds a valid config with the same steps, prompts per step and SFT start
+    common = dict(cfg["common"], student=str(tmp_path / "bootstrap" / "final"))
+    for run in cfg["runs"]:
+        _, rc = compare._build_run_config(run, common, tmp_path / compare.slug(run["name"]))
+        assert (rc.max_steps, rc.per_device_train_batch_size, rc.learning_rate) == (80, 32, 1e-3)
+        assert rc.student.endswith("final") and rc.seed == run["overrides"]["seed"]
+        if run["method"] == "abkd":
+            assert rc.alpha == 0.5  # not the skew alpha
+    vc = [r for r in cfg["runs"] if r["base"] == "VCRD"][0]
+    assert compare._build_run_config(vc, common, tmp_path / "v")[1].judge == "arith"

@@ -9,7 +9,7 @@ import importlib
 from .base import Method, Micro, as_method  # noqa: F401
 
 METHODS = ("sft", "kd", "gkd", "grpo", "cmdp", "gkd_rl", "gkd_grpo", "minillm", "tgpo", "tgpo_r", "op_distill",
-           "kdrl", "grpo_pp", "luffy", "vcrd", "distillm2", "seqkd", "abkd")
+           "kdrl", "grpo_pp", "luffy", "vcrd", "distillm2", "seqkd", "abkd", "distillm")
 
 
 def get_method(name: str) -> Method:

@@ -51,7 +51,15 @@ Deviations and choices where the paper is silent:
 - Logged per prefix kind: weight quantiles (p5, p50, p95, max), the shares of tokens in
   attenuation (w < 1 - parity_band), parity and amplification (w > 1 + parity_band) of the
   applied weights (``vcrd/teacher_prefix/amplification_share`` ...), and with a pair judge the
-  share of r_s / r_t >= 1, i.e. r_s >= r_t (Figure 1's statistic).
+  share of r_s / r_t >= 1, i.e. r_s >= r_t (Figure 1's statistic), and Figure 1's histogram as
+  the step's share of tokens in each of the fixed bins ``RATIO_EDGES`` of log10(r_s / r_t)
+  (``vcrd/teacher_prefix/log10_ratio_bin00`` ...: quarter decades from 10^-3 to 10^3, an
+  underflow bin that holds r_s = 0, an overflow bin that holds r_t = 0 < r_s; r_s = r_t = 0 counts
+  as a ratio of 1, so the bins at and above 1 sum to ``ratio_ge1_share``). ``compare`` pools them
+  over the logged steps (``pipelines/compare.py``, ``vcrd_report``). Logging the bins, rather than
+  a final pass of the judge over the prepared rollouts, costs nothing extra (the scores exist),
+  needs no judge or model at report time, and shows the ratios the run trained with. With
+  ``judge=prob`` there is no r_s / r_t pair (the §10.4 weight is one number), so no histogram.
 
     reasondistill train vcrd --config configs/vcrd_embedded.yaml
 """
@@ -68,6 +76,23 @@ from ..config import ConfigError, TrainConfig
 from .base import Max, Micro
 
 PROPOSALS = ("greedy", "sample", "aligned")
+RATIO_EDGES = tuple(k / 4 for k in range(-12, 13))
+"""Bin edges of log10(r_s / r_t) in the logged Figure-1 histogram; bin k is [edge k-1, edge k)."""
+
+
+def ratio_bin_key(kind: str, k: int) -> str:
+    return f"vcrd/{kind}_prefix/log10_ratio_bin{k:02d}"
+
+
+def ratio_histogram(r_s: torch.Tensor, r_t: torch.Tensor, mask: torch.Tensor) -> list[tuple[float, float]]:
+    """``(count, counted tokens)`` per bin of log10(r_s / r_t) over ``mask`` (len(RATIO_EDGES) + 1 bins)."""
+    m = mask.bool()
+    rs, rt = r_s[m].double(), r_t[m].double()
+    x = torch.where((rs == 0) & (rt == 0), torch.zeros_like(rs), torch.log10(rs) - torch.log10(rt))  # +-inf ok
+    idx = torch.bucketize(x, torch.tensor(RATIO_EDGES, dtype=torch.float64), right=True)
+    counts = torch.bincount(idx, minlength=len(RATIO_EDGES) + 1)
+    n = float(m.sum())
+    return [(float(c), n) for c in counts.tolist()]
 KINDS = (("teacher", "skew_kl", "skl"), ("student", "skew_reverse_kl", "srkl"))
 
 
@@ -284,6 +309,8 @@ def token_weights(ctx, tp, batch, kind: str, micro) -> tuple[torch.Tensor, dict]
             w = losses.vcrd_weights(r_s, r_t, cfg.weighting, cfg.amplification, clip, cfg.eps).to(mask.device)
             ge1 = (r_s >= r_t).to(mask.device)  # r_s / r_t >= 1 (Figure 1), ties counted, without eps
             metrics[f"vcrd/{kind}_prefix/ratio_ge1_share"] = (float((ge1 & mask).sum()), float(mask.sum()))
+            for k, pair in enumerate(ratio_histogram(r_s, r_t, mask.cpu())):
+                metrics[ratio_bin_key(kind, k)] = pair
         w = torch.where(mask, w, 0.0).detach()
         for name, pair in losses.regime_shares(w, mask, cfg.parity_band).items():
             metrics[f"vcrd/{kind}_prefix/{name}_share"] = pair

@@ -60,6 +60,10 @@ benchmark); judge every pair of methods' answers in both orders; write
 - ``seeds.md`` (with ``seeds:``): every number of ``table.md`` as mean ± std over the seeds of each run;
 - ``dynamics.png`` / ``dynamics.md``: the training curves of every run (``report/dynamics.py``: reward,
   length, gradient norm, entropy, guidance weight, clip ratio; seeds as one line with a band);
+- ``vcrd_regimes.md`` and ``ratio_hist.png`` (runs of ``vcrd`` and its presets that ran a judge): the
+  attenuation / parity / amplification shares per run and prefix kind, and the histogram of
+  r_s / r_t with the share >= 1 (validity_calibrated_distillation.md, Figure 1), from what the
+  runs logged (:func:`vcrd_report`);
 - ``results.json``: every number above.
 """
 
@@ -579,13 +583,82 @@ def write_report(cfg: dict, methods: list[str], evals: dict, judged: dict) -> di
         dynamics_report(run_dirs, out / "dynamics.png")
     if cfg.get("seeds"):
         (out / "seeds.md").write_text(seeds_table(cfg, records))
+    vcrd = vcrd_report(cfg)
     result = {"config": cfg["path"], "table": records, "pareto_front": pareto_front(pts), "radar": radar,
               "win": win, "unparseable_verdicts": {b: judged[b]["unparseable_verdicts"] for b in benches}}
     if cfg["eval"].instruct:
         result["instruct_unparseable_verdicts"] = {
             n: evals[n].get(TASKS_KEY, {}).get("instruct", {}).get("unparseable_verdicts") for n in evals}
+    if vcrd:
+        result["vcrd"] = vcrd
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def vcrd_report(cfg: dict) -> dict:
+    """For the runs that logged VCRD's validity weights (method ``vcrd`` and its presets with a
+    judge): ``vcrd_regimes.md``, the attenuation / parity / amplification shares of the applied
+    weights and the share of r_s / r_t >= 1 per run and prefix kind, each the mean over the run's
+    logged steps (every logged step weighs the same); and ``ratio_hist.png``, the histogram of
+    r_s / r_t (Figure 1) per prefix kind from the bins ``methods.vcrd`` logs, pooled the same
+    way over steps and over the seeds of a run. Returns those numbers ({} when no run logged them)."""
+    from ..methods import get_method
+    from ..methods import vcrd as vcrd_method
+    from ..report.plots import ratio_histogram_plot, read_metrics
+
+    out = Path(cfg["output_dir"])
+    kinds = ("teacher", "student")
+    nbins = len(vcrd_method.RATIO_EDGES) + 1
+    regimes, hist_steps, ge1_steps = {}, {}, {}
+    for run in cfg["runs"]:
+        path = out / "runs" / slug(run["name"]) / "metrics.jsonl"
+        if not issubclass(get_method(run["method"]).Config, vcrd_method.Config) or not path.exists():
+            continue
+        rows = read_metrics(path)
+        per = {}
+        for kind in kinds:
+            cols = {name: [r[f"vcrd/{kind}_prefix/{name}_share"] for r in rows
+                           if f"vcrd/{kind}_prefix/{name}_share" in r]
+                    for name in ("attenuation", "parity", "amplification", "ratio_ge1")}
+            if cols["attenuation"]:
+                per[kind] = {n: (sum(v) / len(v) if v else None) for n, v in cols.items()} | {
+                    "steps": len(cols["attenuation"])}
+            bins = [[r[vcrd_method.ratio_bin_key(kind, k)] for k in range(nbins)] for r in rows
+                    if vcrd_method.ratio_bin_key(kind, 0) in r]
+            if bins:
+                hist_steps.setdefault(run["base"], {}).setdefault(kind, []).extend(bins)
+                ge1_steps.setdefault(run["base"], {}).setdefault(kind, []).extend(
+                    r[f"vcrd/{kind}_prefix/ratio_ge1_share"] for r in rows if vcrd_method.ratio_bin_key(kind, 0) in r)
+        if per:
+            regimes[run["name"]] = per
+    if not regimes:
+        return {}
+    band = None
+    for run in cfg["runs"]:
+        cfg_path = out / "runs" / slug(run["name"]) / "config.yaml"
+        if run["name"] in regimes and cfg_path.exists():
+            band = (yaml.safe_load(cfg_path.read_text()) or {}).get("parity_band", band)
+            break
+    head = ["Run"] + [f"{k} prefix {c}" for k in kinds for c in ("att.", "parity", "ampl.", "r_s/r_t >= 1")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per in regimes.items():
+        cells = [name]
+        for kind in kinds:
+            v = per.get(kind, {})
+            cells += [_pct(v.get(c)) if v else "" for c in ("attenuation", "parity", "amplification", "ratio_ge1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"\nShares of counted tokens in %, mean over each run's logged steps: attenuation w < 1 - band, parity "
+            f"|w - 1| <= band, amplification w > 1 + band (band = {band}), of the weights as applied (after "
+            f"`weighting`, `amplification`, `weight_clip`); r_s/r_t >= 1 from the judge's raw scores (Figure 1's "
+            f"statistic; empty for judge=prob, whose §10.4 weight has no r_s / r_t pair).\n")
+    (out / "vcrd_regimes.md").write_text("\n".join(lines) + "\n" + note)
+    hists = {b: {k: [sum(col) / len(steps) for col in zip(*steps)] for k, steps in per.items()}
+             for b, per in hist_steps.items()}
+    ge1 = {b: {k: sum(v) / len(v) for k, v in per.items()} for b, per in ge1_steps.items()}
+    if hists:
+        ratio_histogram_plot(hists, list(vcrd_method.RATIO_EDGES), out / "ratio_hist.png", ge1=ge1)
+    return {"regimes": regimes, "ratio_hist": hists, "ratio_ge1": ge1,
+            "log10_ratio_edges": list(vcrd_method.RATIO_EDGES)}
 
 
 def seeds_table(cfg: dict, records: list[dict]) -> str:
@@ -652,4 +725,4 @@ def run_compare(path: str | Path, progress: bool = True) -> dict:
 
 
 __all__ = ["load_config", "run_compare", "train_runs", "evaluate_models", "evaluate_tasks", "judge_methods",
-           "build_table", "write_report", "slug"]
+           "build_table", "write_report", "vcrd_report", "slug"]

@@ -210,3 +210,42 @@ def dynamics_plot(runs: dict[str, list[dict]], keys: list[str], out_png: str | P
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def ratio_histogram_plot(hists: dict[str, dict[str, list[float]]], edges: list[float], out_png: str | Path,
+                         ge1: dict[str, dict[str, float | None]] | None = None,
+                         title: str = "r_s / r_t (validity ratio, Figure 1)") -> Path:
+    """One panel per prefix kind: the share of tokens per bin of log10(r_s / r_t) (``edges``;
+    the first and last bins are the open ends, drawn one bin wide), one bar set or step line per
+    run, the ratio 1 marked and the share >= 1 in the legend (VCRD paper, Figure 1). The share
+    axis is logarithmic (from 0.01%), unlike the paper's, so that tails next to a parity spike show."""
+    kinds = sorted({k for h in hists.values() for k in h}, key=lambda k: k != "teacher")
+    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(6.5 * max(1, len(kinds)), 4.2), squeeze=False)
+    width = edges[1] - edges[0]
+    lefts = [edges[0] - width] + list(edges)  # the bin starts in log10 units, under- and overflow included
+    for ax, kind in zip(axes[0], kinds):
+        runs = [(n, h[kind]) for n, h in hists.items() if kind in h]
+        for i, (name, frac) in enumerate(runs):
+            share = (ge1 or {}).get(name, {}).get(kind)
+            label = f"{name}: {100 * share:.1f}% >= 1" if share is not None else name
+            xs = [10 ** x for x in lefts]
+            if len(runs) == 1:
+                ax.bar(xs, [100 * f for f in frac], width=[10 ** (x + width) - 10 ** x for x in lefts], align="edge",
+                       color="tab:blue", edgecolor="white", label=label)
+            else:
+                ax.stairs([100 * f for f in frac], xs + [10 ** (lefts[-1] + width)], label=label, linewidth=1.6,
+                          linestyle=("-", "--", ":", "-.")[i % 4])
+        ax.axvline(1.0, color="tab:red", linestyle="--", linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")  # parity usually holds most tokens; the tails are the point
+        ax.set_ylim(bottom=1e-2, top=150)
+        ax.set_xlabel(f"r_s / r_t ({kind} prefix; outer bins: < 1e{edges[0]:g} incl. r_s = 0, >= 1e{edges[-1]:g})")
+        ax.set_ylabel("share of tokens (%)")
+        ax.set_title(f"{kind} prefix")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
