@@ -426,3 +426,23 @@ def test_teacher_traces_keep_verified_answers_only(tmp_path, tiny_models):
     bad = write_teacher_traces(str(tiny_models / "teacher"), "arith:size=4", tmp_path / "none.jsonl",
                                max_new_tokens=8, progress=False)
     assert bad["kept"] == 0 and (tmp_path / "none.jsonl").read_text() == ""
+
+
+def test_teacher_stop_tokens_guide_toward_the_student_eos():
+    """A cross-family teacher's own EOS in its argmax becomes the student's EOS (map_teacher_stop),
+    or the guidance would teach a stop token that never stops the student."""
+    from types import SimpleNamespace
+
+    from reasondistill.methods.tgpo import guidance_targets
+
+    argmax = torch.tensor([[5, 0, 7], [0, 0, 3]])
+    fake_pass = SimpleNamespace(teacher_argmax=lambda: argmax.clone())
+
+    def ctx(mapping, stops):
+        return SimpleNamespace(cfg=SimpleNamespace(map_teacher_stop=mapping), teacher_stop_ids=stops,
+                               tokenizer=SimpleNamespace(eos_token_id=2))
+
+    assert guidance_targets(ctx(True, [0]), fake_pass).tolist() == [[5, 2, 7], [2, 2, 3]]
+    assert guidance_targets(ctx(False, [0]), fake_pass).tolist() == argmax.tolist()
+    assert guidance_targets(ctx(True, [2]), fake_pass).tolist() == argmax.tolist()  # same EOS: nothing to map
+    assert guidance_targets(ctx(True, None), fake_pass).tolist() == argmax.tolist()

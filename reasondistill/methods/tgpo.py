@@ -76,6 +76,11 @@ class Config(OnPolicyConfig):
     """Initial guidance weight (used with ``schedule=custom``; the presets set their own)."""
     decay: float = 0.0
     """Guidance weight decrease per optimizer step (``schedule=custom``)."""
+    map_teacher_stop: bool = True
+    """Where the teacher's argmax is one of its own stop tokens, guide toward the student's EOS
+    instead. A teacher of another family stops with another token (``tokenizer_compat=shared_ids``
+    keeps each model's stop ids); taken literally, the guidance would teach the student a stop
+    token that does not stop it, and its answers would run to the length cap."""
 
     def validate(self):
         super().validate()
@@ -92,10 +97,25 @@ class Config(OnPolicyConfig):
             raise ConfigError("TGPO has no reference-model KL (eq. 4): set beta=0")
 
 
-def guidance_signals(p) -> dict:
-    """The student's log-prob (with grad) of the teacher's argmax at every prefix, and the argmax."""
+def guidance_targets(ctx, p) -> torch.Tensor:
+    """(N, C) the teacher's argmax at every prefix; with ``map_teacher_stop`` a teacher stop token
+    (its own EOS, e.g. ``<|endoftext|>`` for a teacher of another family) becomes the student's EOS."""
     target = p.teacher_argmax()  # (N, C) long, no grad
-    return {"guide_logp": p.student_logp(target), "guide_target": target}
+    stops = ctx.teacher_stop_ids or []
+    eos = ctx.tokenizer.eos_token_id
+    if ctx.cfg.map_teacher_stop and stops and eos is not None and set(stops) != {eos}:
+        target = torch.where(torch.isin(target, torch.tensor(stops, device=target.device)), eos, target)
+    return target
+
+
+def guidance_signals(ctx):
+    """``extra_signals`` for ``onpolicy.rl_loss``: the student's log-prob (with grad) of the
+    guidance target at every prefix, and the target."""
+    def signals(p) -> dict:
+        target = guidance_targets(ctx, p)
+        return {"guide_logp": p.student_logp(target), "guide_target": target}
+
+    return signals
 
 
 def agreement(out: dict, micro, mask: torch.Tensor) -> tuple[float, float]:
@@ -120,4 +140,4 @@ def guidance_loss(ctx, micro, out: dict, mask: torch.Tensor, totals: dict):
 
 
 def loss(ctx, micro, totals: dict):
-    return rl_loss(ctx, micro, totals, token_rewards, extra_loss=guidance_loss, extra_signals=guidance_signals)
+    return rl_loss(ctx, micro, totals, token_rewards, extra_loss=guidance_loss, extra_signals=guidance_signals(ctx))

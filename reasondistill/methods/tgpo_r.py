@@ -59,5 +59,5 @@ def loss(ctx, micro, totals: dict):
         shaping = losses.masked_mean(out["guide_logp"], mask.float()).item()
         return r, m | {"tgpo_r/shaping_logp_mean": shaping, "tgpo/teacher_agreement": agreement(out, micro_, mask)}
 
-    return rl_loss(ctx, micro, totals, rewards, extra_signals=guidance_signals,
+    return rl_loss(ctx, micro, totals, rewards, extra_signals=guidance_signals(ctx),
                    advantage_fn=lambda cfg, r, mask: shaped_advantages(cfg, micro, r, mask))
