@@ -234,3 +234,18 @@ def test_split_solution_rules():
     assert split_solution("a\nb\n#### 1,000", "gsm8k") == ("a\nb", "1000")
     assert split_solution("so $\\boxed{\\frac{1}{2}}$.", "boxed") == ("so", "\\frac{1}{2}")
     assert split_solution("plain 5", "auto") == (None, "plain 5")
+
+
+def test_probe_source_names_a_benchmark_that_is_not_here(tmp_path, monkeypatch):
+    """The pipeline's ``if_available`` inputs are probed: a benchmark with no local file on an
+    offline machine is a DataError naming it (so the pipeline skips it), a local one reads."""
+    from reasondistill.data.records import DataError
+    from reasondistill.pipelines.bank import parse_input, probe_source
+
+    monkeypatch.delenv("REASONDISTILL_DATA_DIR", raising=False)
+    monkeypatch.delenv("REASONDISTILL_HUB_MIRROR", raising=False)
+    with pytest.raises(DataError, match="gsm8k"):
+        probe_source(parse_input("gsm8k_train", tmp_path), tmp_path)
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "1+1?", "answer": "2"}\n')
+    probe_source(parse_input(f"jsonl:{f}"))

@@ -554,9 +554,10 @@ class Pipeline:
 
     # -- the stages -------------------------------------------------------------------------
     def _stage_bank(self) -> dict:
-        from .bank import Source, build_bank, format_summary, parse_input
+        from .bank import Source, build_bank, format_summary, parse_input, probe_source
 
         b, sources, skipped = self.cfg["bank"], [], []
+        skipped_names: set[str] = set()  # if_available inputs absent here (their --per-source caps go too)
         for item in b["inputs"]:
             item = {"spec": item} if isinstance(item, str) else dict(item)
             if "embedded" in item:  # the embedded task's problems, written as a JSONL source
@@ -571,9 +572,12 @@ class Pipeline:
                 item["spec"] = f"jsonl:{path}"
             try:
                 src = parse_input(item["spec"], b["data_dir"])
+                if item.get("if_available"):  # reachable here? (a benchmark absent locally goes to the Hub)
+                    probe_source(src, b["data_dir"])
             except DataError:
                 if item.get("if_available"):
                     skipped.append(item["spec"])
+                    skipped_names.add(item.get("name") or item["spec"])
                     self.log(f"bank: input {item['spec']!r} not available here, skipped (if_available)")
                     continue
                 raise
@@ -583,7 +587,8 @@ class Pipeline:
             sources.append(src)
         if not sources:
             raise PipelineError("bank: no input is available")
-        s = build_bank(sources, self.path("bank.jsonl"), per_source=b["per_source"], total=b["total"],
+        caps = [c for c in b["per_source"] or [] if not (isinstance(c, str) and c.split("=")[0] in skipped_names)]
+        s = build_bank(sources, self.path("bank.jsonl"), per_source=caps, total=b["total"],
                        stratify_field=b["stratify_field"], seed=self.cfg["seed"], data_dir=b["data_dir"],
                        id_prefix=b["id_prefix"], log=self.log)
         self.log("bank:\n" + format_summary(s))

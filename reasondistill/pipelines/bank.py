@@ -303,6 +303,18 @@ def _iter_hub(src: Source) -> Iterator[tuple[str, dict]]:
         yield f"hub:{where}, row {k}", dict(row)
 
 
+def probe_source(src: Source, data_dir=None) -> None:
+    """Raise ``DataError`` (naming the source) when ``src`` cannot be read here, e.g. a benchmark
+    with no local file on an offline machine; read nothing more than its first row."""
+    rows = _benchmark_entries(src, data_dir) if src.kind == "benchmark" else _rows(src, [])
+    try:
+        next(iter(rows), None)
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"--input {src.label()}: {e}") from e
+
+
 def _rows(src: Source, bad: list[BadRow]) -> Iterator[tuple[str, dict]]:
     if src.kind == "hub":
         yield from _iter_hub(src)
