@@ -109,9 +109,13 @@ def dynamics_figure(groups: dict[str, list[list[dict]]], out_png: str | Path, ke
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    handles: dict[str, object] = {}  # one legend for the figure: a run may lack the first panel's metric (sft)
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
