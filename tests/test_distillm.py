@@ -17,6 +17,7 @@ from reasondistill.config import ConfigError, build_config
 from reasondistill.methods import get_method
 from reasondistill.methods import distillm as dm
 from reasondistill.tasks import arith
+from test_vcrd import acc, models  # noqa: F401  (the same tiny student/teacher fixtures)
 
 method = get_method("distillm")
 
@@ -69,23 +70,6 @@ def test_replay_buffer_fifo_and_sampling():
 
 # -- the loss against float64 --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def acc():
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=True)
-
-
-@pytest.fixture(scope="module")
-def models(tokenizer, make_model):
-    s = make_model(len(tokenizer), seed=0, hidden_size=32, num_hidden_layers=1,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    t = make_model(len(tokenizer), seed=1, hidden_size=32, num_hidden_layers=1,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    with torch.no_grad():
-        s.lm_head.weight.mul_(8.0)
-        t.lm_head.weight.mul_(4.0)
-    return s, t.requires_grad_(False).eval()
 
 
 def make_ctx(tokenizer, acc, models, **over):

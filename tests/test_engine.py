@@ -38,7 +38,15 @@ def test_smoke_each_method(method, tiny_models, tmp_path, monkeypatch):
         import reasondistill.methods.onpolicy as grpo  # grpo grades in the shared prepare
 
         monkeypatch.setattr(grpo, "accuracy_reward", lambda texts, answer: [float(i % 2) for i in range(len(texts))])
-    cfg = _cfg(method, tiny_models, tmp_path / method, save_steps=1)
+    extra = {}
+    if method == "luffy":  # its groups need verified teacher traces: the task's own worked solutions
+        from reasondistill.tasks import arith
+
+        traces = tmp_path / "traces.jsonl"
+        traces.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"],
+                                              "solution": r["solution"]}) + "\n" for r in arith.generate("train", 8)))
+        extra = dict(traces=str(traces), dataset=str(traces), max_completion_length=64)  # whole traces: reward 1
+    cfg = _cfg(method, tiny_models, tmp_path / method, save_steps=1, **extra)
     before = {k: v.clone() for k, v in _load_weights(tiny_models / "student").items()}
     res = train(get_method(method), cfg)
     assert res["steps"] == 2
