@@ -31,7 +31,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 from ..config import ConfigError
 
@@ -147,6 +146,8 @@ def load_rollouts(path, want: dict) -> dict[str, dict]:
 
 def rollout_from_ids(prompt_ids: list[list[int]], completions: list[list[int]], truncated: list[bool], pad: int):
     """A ``rollout.Rollout`` of token-id lists: prompts left-padded, completions right-padded."""
+    import torch
+
     from ..rollout import Rollout
 
     n = len(prompt_ids)
@@ -171,6 +172,8 @@ def write_rollouts(records: list[dict], output, *, teacher: str, student: str, t
                    max_new_tokens: int = 64, temperature: float = 1.0, batch_size: int = 32, seed: int = 0,
                    progress: bool = True) -> dict:
     """Generate and write (or continue) the prepared file; returns counts."""
+    import torch
+
     from tqdm.auto import tqdm
 
     from ..models import encode_prompts, render_prompt

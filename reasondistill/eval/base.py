@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 from ..errors import ConfigError
 
 __all__ = ["EvalConfig", "Task", "chat_messages", "evaluate_task", "generate_batches",
@@ -89,6 +87,8 @@ def generate_batches(model, tokenizer, records: list, make_prompt, *, samples: i
     do_sample = samples > 1 or temperature > 0
     if samples > 1 and temperature <= 0:
         temperature = 1.0
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     batches = range(0, len(records), batch_size)
     if progress:
@@ -442,6 +442,8 @@ def load_eval_model(cfg: EvalConfig):
 
 
 def resolved_device(device: str) -> str:
+    import torch
+
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
@@ -453,6 +455,8 @@ def run_eval(cfg: EvalConfig) -> tuple[list[dict], dict, tuple[Path, Path]]:
     records, chosen = load_records(cfg)
     model, tokenizer = load_eval_model(cfg)
     task = cfg.make_task(model, tokenizer)
+    import torch
+
     torch.manual_seed(cfg.seed)
     rows, summary = evaluate_task(task, model, tokenizer, records, **cfg.sampling(), progress=cfg.progress,
                                   benchmark=cfg.source)

@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
-import torch
-
 from ..data.benchmarks import DataError, iter_json_objects, require_fields
 from ..data.records import answer_index
 from ..errors import ConfigError
@@ -507,6 +505,8 @@ def _loglik_outputs(model, tokenizer, shown: list[dict], target: str, batch_size
     was_training = model.training
     model.eval()
     try:
+        import torch
+
         with torch.no_grad():
             for a in starts:
                 chunk = pairs[a: a + max(1, batch_size)]

@@ -21,11 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from ..errors import ConfigError
 from ..rewards import extract_answer, is_correct
-from ..signals import mean_kl_per_row
 from .base import (EvalConfig, Task, chat_messages, evaluate_task, generate_batches,  # noqa: F401 (re-exported)
                    length_stats, write_results)
 
@@ -37,6 +34,10 @@ def _kl_per_row(model, teacher, roll, shared_vocab: int | None, max_logit_elems:
     C = max(1, roll.completion_ids.shape[1])
     V = model.get_output_embeddings().weight.shape[0]
     rows = max(1, max_logit_elems // (C * V))
+    import torch
+
+    from ..signals import mean_kl_per_row
+
     return torch.cat([mean_kl_per_row(model, teacher, roll.select(slice(a, a + rows)), shared_vocab).cpu()
                       for a in range(0, len(roll), rows)])
 

@@ -20,8 +20,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..config import TrainConfig
 
 
@@ -30,6 +28,7 @@ def write_teacher_traces(teacher: str, dataset: str, output: str | Path, *, samp
                          prompt_template: str | None = None, limit: int | None = None, seed: int = 0,
                          progress: bool = True) -> dict:
     """Generate, verify and write the traces; returns counts (questions, kept, dropped)."""
+    import torch
     from tqdm.auto import tqdm
 
     from ..data.train import load_records
