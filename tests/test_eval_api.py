@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,8 @@ def test_an_endpoint_cannot_give_the_teacher_kl(server):
                  teacher=object())
 
 
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "benchmarks").exists(),
+                    reason="../shared/benchmarks not present")
 def test_the_other_tasks_run_against_an_endpoint_too(server, tmp_path, capsys):
     """code (asked through the chat instruction), choice (generate) and instruct (the same endpoint
     as the judge: its verdicts are mostly unparseable, which is counted, not fatal) through --base-url."""

@@ -79,6 +79,7 @@ def _questions(out):
     return [json.loads(x)["question"] for x in (out / "eval_examples.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/benchmarks not present")
 def test_limit_is_a_seeded_random_subsample_recorded_in_the_summary(tiny, tmp_path):
     from reasondistill.data.benchmarks import load_jsonl
     from reasondistill.eval.selection import select_records
@@ -97,6 +98,7 @@ def test_limit_is_a_seeded_random_subsample_recorded_in_the_summary(tiny, tmp_pa
     assert main([*base, "--first", "2", "--output-dir", str(tmp_path / "both")]) == 2  # one or the other
 
 
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/benchmarks not present")
 def test_preset_sets_the_papers_protocol_and_explicit_flags_win(tiny, tmp_path, capsys):
     from reasondistill.eval.selection import PIPELINE_BOX6
 

@@ -179,6 +179,7 @@ def test_bad_combinations_are_refused(tmp_path, capsys):
     assert "scoring must be one of generate, loglik" in capsys.readouterr().err
 
 
+@needs_shared
 def test_choice_task_scored_by_likelihood_on_mmlu(tmp_path):
     """--scoring loglik: every question gets an answer (nothing to parse), the scores are recorded,
     and a preset's sampling temperature does not apply to it."""
