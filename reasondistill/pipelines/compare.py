@@ -319,9 +319,7 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
     """{model name: {benchmark: summary}}; per-example rows cached in <out>/eval/<slug>/<bench>_examples.jsonl.
     Every benchmark is ``eval math`` with :meth:`CompareEval.task_config`'s settings, the teacher
     loaded once and every model's answers scored against it."""
-    import torch
-
-    from ..eval.base import evaluate_task, load_records, write_results
+    from ..eval.base import load_records
     from ..models import assert_compatible, load_model, load_tokenizer, resolve_model
 
     ev, out = cfg["eval"], Path(cfg["output_dir"]) / "eval"
@@ -336,13 +334,11 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
             _evaluate_avg_k(ev, bench, models, out, results)
         for name, path in models.items():
             d = out / slug(name)
-            summ = d / f"{bench}_summary.json"
             settings = _eval_settings(ev, path)
-            if summ.exists():
-                cached = json.loads(summ.read_text())
-                if cached.get("settings") == settings:
-                    results.setdefault(name, {})[bench] = cached
-                    continue
+            cached = _cached(d / f"{bench}_summary.json", settings)
+            if cached is not None:
+                results.setdefault(name, {})[bench] = cached
+                continue
             if teacher is None:
                 teacher, t_tok = load_model(teacher_path), load_tokenizer(teacher_path)
             p = resolve_model(str(path))
@@ -353,13 +349,33 @@ def evaluate_models(cfg: dict, models: dict[str, str]) -> dict[str, dict[str, di
                 shared = assert_compatible(tok, t_tok, model.get_input_embeddings().weight.shape[0],
                                            teacher.get_input_embeddings().weight.shape[0], mode=mode).shared_vocab
             print(f"[compare] evaluating {name} on {bench} ({len(records)} problems)", file=sys.stderr, flush=True)
-            torch.manual_seed(ev.seed)
             task = ecfg.make_task(model, tok, teacher=None if is_teacher else teacher, shared_vocab=shared)
-            rows, s = evaluate_task(task, model, tok, records, **ecfg.sampling(), benchmark=bench)
-            s.update({"model": str(path), "settings": settings})
-            write_results(d, rows, s, prefix=bench)
-            results.setdefault(name, {})[bench] = s
+            results.setdefault(name, {})[bench] = _evaluate_and_write(ecfg, task, model, tok, records, bench, d, bench,
+                                                                      path, settings, ev.seed)
     return results
+
+
+def _cached(summary: Path, settings: dict) -> dict | None:
+    """The cached evaluation summary at ``summary`` if it was made with ``settings``, else None."""
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        if s.get("settings") == settings:
+            return s
+    return None
+
+
+def _evaluate_and_write(ecfg, task, model, tok, records, bench: str, d: Path, prefix: str, path, settings: dict,
+                        seed: int) -> dict:
+    """Run one evaluation (seeded), write ``<d>/<prefix>_examples.jsonl`` and ``_summary.json``; the summary."""
+    import torch
+
+    from ..eval.base import evaluate_task, write_results
+
+    torch.manual_seed(seed)
+    rows, s = evaluate_task(task, model, tok, records, **ecfg.sampling(), benchmark=bench)
+    s.update({"model": str(path), "settings": settings})
+    write_results(d, rows, s, prefix=prefix)
+    return s
 
 
 def avg_key(bench: str, k: int) -> str:
@@ -369,9 +385,7 @@ def avg_key(bench: str, k: int) -> str:
 def _evaluate_avg_k(ev: CompareEval, bench: str, models: dict[str, str], out: Path, results: dict) -> None:
     """avg@k of every model on ``bench``: ``avg_k`` answers per question at ``avg_temperature``
     (no teacher KL), cached in <out>/eval/<slug>/<bench>_avg<k>_summary.json like the greedy one."""
-    import torch
-
-    from ..eval.base import evaluate_task, load_records, write_results
+    from ..eval.base import load_records
     from ..models import load_model, load_tokenizer, resolve_model
 
     ecfg = ev.task_config("math", bench, samples=ev.avg_k, temperature=ev.avg_temperature)
@@ -380,18 +394,15 @@ def _evaluate_avg_k(ev: CompareEval, bench: str, models: dict[str, str], out: Pa
     for name, path in models.items():
         d = out / slug(name)
         settings = {**_eval_settings(ev, path), "avg_k": ev.avg_k, "avg_temperature": ev.avg_temperature}
-        summ = d / f"{prefix}_summary.json"
-        if summ.exists() and json.loads(summ.read_text()).get("settings") == settings:
-            results.setdefault(name, {})[key] = json.loads(summ.read_text())
+        cached = _cached(d / f"{prefix}_summary.json", settings)
+        if cached is not None:
+            results.setdefault(name, {})[key] = cached
             continue
         p = resolve_model(str(path))
         model, tok = load_model(p), load_tokenizer(p)
         print(f"[compare] avg@{ev.avg_k} of {name} on {bench} (T={ev.avg_temperature})", file=sys.stderr, flush=True)
-        torch.manual_seed(ev.seed)
-        rows, s = evaluate_task(ecfg.make_task(model, tok), model, tok, records, **ecfg.sampling(), benchmark=bench)
-        s.update({"model": str(path), "settings": settings})
-        write_results(d, rows, s, prefix=prefix)
-        results.setdefault(name, {})[key] = s
+        results.setdefault(name, {})[key] = _evaluate_and_write(ecfg, ecfg.make_task(model, tok), model, tok, records,
+                                                                bench, d, prefix, path, settings, ev.seed)
 
 
 TASK_COLUMNS = {"code": ("pass@1", "pass@1"), "choice": ("accuracy", "MC acc"),
