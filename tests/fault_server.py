@@ -86,6 +86,10 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
 
 class ScriptedServer(ThreadingHTTPServer):
     daemon_threads = True
+    # the stdlib default backlog is 5: under load, connections beyond it wait for a SYN resend
+    # (1 s), past the clients' 0.5 s connect timeout, so the client counts a request that the
+    # server never sees
+    request_queue_size = 128
 
     def __init__(self, script=(), default=None, respond=None):
         super().__init__(("127.0.0.1", 0), _ScriptedHandler)
