@@ -57,6 +57,13 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         try:
             if delay:
                 time.sleep(delay)
+        finally:
+            # no longer in flight once the answer is ready, before it is sent: a client that
+            # has its answer and sends its next request is never counted twice (``peak`` is at
+            # most the client's own bound on requests in flight)
+            with srv.lock:
+                srv.in_flight -= 1
+        try:
             data = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -74,11 +81,6 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out (or died) and left
-        finally:
-            with srv.lock:
-                srv.in_flight -= 1
-
-    do_GET = do_POST
 
     def log_message(self, *args):
         pass

@@ -314,10 +314,15 @@ def test_first_ctrl_c_finishes_the_step_and_checkpoints(tiny_models, tmp_path):
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)  # lands while the loop is between steps 1 and 2
 
-    with pytest.raises(KeyboardInterrupt):
-        train(method, _cfg("gkd", tiny_models, tmp_path / "split", **kw), callback=ctrl_c)
+    # the handler an interactive Python has (a job started in the background inherits SIG_IGN)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(method, _cfg("gkd", tiny_models, tmp_path / "split", **kw), callback=ctrl_c)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert [p.name for p in (tmp_path / "split").glob("checkpoint-*")] == ["checkpoint-2"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     train(method, _cfg("gkd", tiny_models, tmp_path / "split", resume=True, **kw))
     a, b = _load_weights(tmp_path / "straight" / "final"), _load_weights(tmp_path / "split" / "final")
     for k in a:
