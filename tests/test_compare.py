@@ -130,6 +130,21 @@ def test_shared_bootstrap_stage_feeds_every_run(tmp_path, tiny_models):
         assert rc["student"] == str(boot) and rc["max_steps"] == 1
     assert [r["model"] for r in res["table"]] == ["CMDP", "GKD", "Student model", "Bootstrapped student",
                                                   "Teacher model"]
+    # the same config again reuses every folder (no setting reads as changed) ...
+    C.train_runs(C.load_config(p), progress=False)
+    # ... but a changed setting is refused, naming the run, the folder and the field, before
+    # anything trains: the old run would be reported under the new settings
+    mtime = (out / "runs" / "GKD" / "final" / "model.safetensors").stat().st_mtime
+    for where, key, value, who in [(("runs", 0), "max_steps", 2, "CMDP"), (("bootstrap",), "beta", 0.5, "bootstrap"),
+                                   (("common",), "learning_rate", 5e-4, "bootstrap")]:  # common feeds the bootstrap too
+        changed = yaml.safe_load(p.read_text())
+        section = changed[where[0]] if len(where) == 1 else changed[where[0]][where[1]]
+        section[key] = value
+        q = tmp_path / f"changed_{key}.yaml"
+        q.write_text(yaml.safe_dump(changed, allow_unicode=True))
+        with pytest.raises(ConfigError, match=rf"{who}.*{key}: .* there, {value} now.*delete that folder"):
+            C.run_compare(q, progress=False)
+    assert (out / "runs" / "GKD" / "final" / "model.safetensors").stat().st_mtime == mtime
 
 
 def _rows(path):

@@ -264,6 +264,25 @@ def _build_run_config(run: dict, common: dict, out_dir: Path):
     return method, build_config(method.Config, overrides=over)
 
 
+def _check_unchanged(rc, run: dict, common: dict, label: str) -> None:
+    """Refuse to reuse or resume a run folder trained with other settings than the compare config
+    now gives it. Compared: every key the config sets for that run (``common`` keys the method
+    has, and the run's own overrides), as recorded in the folder's ``config.yaml``; a changed
+    learning rate or batch would otherwise be reported under the new settings."""
+    from ..config import to_yaml
+
+    saved_path = Path(rc.output_dir) / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = yaml.safe_load(to_yaml(rc))  # the same rendering as the saved file (lists, floats)
+    keys = sorted(({k for k in common if k in now} | set(run["overrides"])) - {"output_dir"})
+    changed = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+    if changed:
+        raise ConfigError(f"{label}: {rc.output_dir} was trained with other settings ({'; '.join(changed)}); "
+                          f"delete that folder to retrain it, or set another output_dir")
+
+
 def _train_one(method, rc, label: str, progress: bool) -> None:
     from ..checkpoints import latest_checkpoint
     from ..engine import train
@@ -287,10 +306,13 @@ def train_runs(cfg: dict, progress: bool = True) -> dict[str, Path]:
     boot = None
     if cfg["bootstrap"] is not None:
         b = dict(cfg["bootstrap"])
-        boot = _build_run_config({"name": "bootstrap", "method": b.pop("method"), "overrides": b}, common,
-                                 out / "bootstrap")
+        boot_run = {"name": "bootstrap", "method": b.pop("method"), "overrides": b}
+        boot = _build_run_config(boot_run, common, out / "bootstrap")
+        _check_unchanged(boot[1], boot_run, common, "the shared bootstrap")
         common["student"] = str(out / "bootstrap" / "final")
     configs = [(r, *_build_run_config(r, common, out / "runs" / slug(r["name"]))) for r in cfg["runs"]]
+    for run, _, rc in configs:  # every folder checked before anything trains
+        _check_unchanged(rc, run, common, run["name"])
     if boot is not None and not (out / "bootstrap" / "final" / "config.json").exists():  # every config checked first
         _train_one(*boot, "the shared bootstrap", progress)
     for k, (run, method, rc) in enumerate(configs, 1):
