@@ -344,6 +344,10 @@ def _validate_common(cfg) -> None:
         raise ConfigError(f"mixed_precision must be no or bf16, got {cfg.mixed_precision!r}")
     if cfg.lr_scheduler_type not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler_type must be cosine, linear or constant, got {cfg.lr_scheduler_type!r}")
+    if cfg.lr_scheduler_type == "constant" and cfg.min_lr_ratio:
+        raise ConfigError(f"min_lr_ratio={cfg.min_lr_ratio} is the floor of a cosine or linear decay; "
+                          f"lr_scheduler_type=constant never decays, so it would be ignored: drop it or set "
+                          f"lr_scheduler_type")
     for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
                  "num_iterations", "lora_r", "save_total_limit", "logging_steps"):
         if getattr(cfg, name) < 1:

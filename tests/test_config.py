@@ -67,3 +67,35 @@ def test_shipped_configs_parse():
 
     cfg = build_config(get_method("grpo").Config, Path(__file__).resolve().parents[1] / "configs" / "grpo_embedded.yaml")
     assert cfg.num_generations == 8 and cfg.per_device_train_batch_size == 32 and cfg.learning_rate == 1e-4
+
+
+def test_min_lr_ratio_without_a_decay_is_refused():
+    """A floor on a schedule that never decays would be silently ignored."""
+    with pytest.raises(ConfigError, match="min_lr_ratio=0.1 .* lr_scheduler_type=constant never decays"):
+        build_config(TrainConfig, overrides=["lr_scheduler_type=constant", "min_lr_ratio=0.1"])
+    assert build_config(TrainConfig, overrides=["lr_scheduler_type=cosine", "min_lr_ratio=0.1"]).min_lr_ratio == 0.1
+
+
+def test_every_shipped_compare_config_builds_every_run():
+    """Each configs/*.yaml with ``runs:`` loads, and its bootstrap and every run build a valid
+    method config (what ``reasondistill compare`` checks before it trains anything)."""
+    from pathlib import Path
+
+    import yaml
+
+    from reasondistill.pipelines import compare
+
+    found = 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        if "runs" not in (yaml.safe_load(path.read_text()) or {}):
+            continue
+        cfg = compare.load_config(path)
+        common = dict(cfg["common"])
+        if cfg["bootstrap"] is not None:
+            b = dict(cfg["bootstrap"])
+            compare._build_run_config({"name": "bootstrap", "method": b.pop("method"), "overrides": b}, common,
+                                      Path("boot"))
+        for run in cfg["runs"]:
+            compare._build_run_config(run, common, Path("run"))
+        found += 1
+    assert found >= 5
