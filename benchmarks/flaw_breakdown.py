@@ -38,7 +38,7 @@ def breakdown(rows: list[dict]) -> dict[str, float]:
     touched = untouched = right_t = right_u = follows = 0
     for r in rows:
         terms, ops = terms_ops(r["question"])
-        flawed = arith.worked_solution(terms, ops, "sign_loss").rsplit("{", 1)[1].rstrip("}")
+        flawed = arith.sign_loss_answer(terms, ops)
         if flawed != str(arith.evaluate_chain(terms, ops)):
             touched += 1
             right_t += bool(r["correct"])

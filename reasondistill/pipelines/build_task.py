@@ -116,7 +116,7 @@ def flaw_consistency(path: Path, n: int = 400, seed: int = 0) -> float:
     test = arith.generate("test", n, seed=seed)
     model, tok = load_model(str(path)), load_tokenizer(str(path))
     rows, _ = evaluate(model, tok, test, max_new_tokens=64, batch_size=100)
-    flawed = [arith.worked_solution(r["terms"], r["ops"], "sign_loss").rsplit("{", 1)[1].rstrip("}") for r in test]
+    flawed = [arith.sign_loss_answer(r["terms"], r["ops"]) for r in test]
     return sum(extract_answer(row["output"]) == f for row, f in zip(rows, flawed)) / n
 
 

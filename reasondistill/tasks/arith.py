@@ -109,6 +109,11 @@ def worked_solution(terms: list[int], ops: list[str], style: str = "running") ->
     return "\n".join(lines)
 
 
+def sign_loss_answer(terms: list[int], ops: list[str]) -> str:
+    """The boxed answer of the ``sign_loss`` chain (what the flawed teacher answers)."""
+    return worked_solution(terms, ops, "sign_loss").rsplit("{", 1)[1].rstrip("}")
+
+
 def _sum_lines(values: list[int], lines: list[str]) -> int:
     if len(values) <= 1:
         return values[0] if values else 0
